@@ -97,7 +97,8 @@ def path_to_torch_key(collection: str, path: Tuple[str, ...]) -> str:
 
 def convert_state_dict(state_dict: Mapping[str, np.ndarray], expected: Mapping,
                        prefix: str = "", ignore: Iterable[str] = (),
-                       source: str = "state dict") -> Dict:
+                       source: str = "state dict",
+                       only: Optional[Iterable[str]] = None) -> Dict:
   """Turns the `prefix`-ed part of a torch state dict into a Flax variables dict.
 
   Args:
@@ -106,6 +107,8 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], expected: Mapping,
       e.g. `jax.eval_shape(model.init, ...)`; used for names, shapes and dtypes.
     prefix: only keys starting with it are used (e.g. 'first_stage_model.'), stripped.
     ignore: key prefixes (after stripping) that are dropped, like taming's ignore_keys.
+    only: if given, key prefixes (after stripping) that belong to this model; other keys
+      (another model's, e.g. `loss.` next to a VQModel) are left alone.
     source: name of the file, for messages.
   Returns:
     {collection: nested dict of np.ndarray} with exactly the structure of `expected`.
@@ -118,6 +121,8 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], expected: Mapping,
     if not key.startswith(prefix):
       continue
     short = key[len(prefix):]
+    if only is not None and not short.startswith(tuple(only)):
+      continue
     if any(short.startswith(p) for p in ignore) or short.endswith(DROPPED_SUFFIXES):
       continue
     value = np.asarray(value)

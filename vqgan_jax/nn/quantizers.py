@@ -47,8 +47,14 @@ class _Remap(nn.Module):
       return self.n_embed
     return self.remap_size + (1 if self.unknown_index == "extra" else 0)
 
+  def setup_remap(self):
+    """Declares the `remap/used` variable; every subclass's setup calls this."""
+    if self.remap_size:
+      self.used_codes = self.variable(
+          "remap", "used", lambda: jnp.arange(self.remap_size, dtype=jnp.int32))
+
   def used(self):
-    return self.variable("remap", "used", lambda: jnp.arange(self.remap_size, dtype=jnp.int32))
+    return self.used_codes
 
   def to_used(self, indices):
     """Full-codebook indices -> positions in `used` (unknown codes per `unknown_index`)."""
@@ -87,6 +93,7 @@ class VectorQuantizer(_Remap):
   legacy: bool = True
 
   def setup(self):
+    self.setup_remap()
     self.embedding = nn.Embed(
         self.n_embed, self.embed_dim, param_dtype=jnp.float32,
         embedding_init=_uniform_pm(1.0 / self.n_embed))
@@ -139,6 +146,7 @@ class GumbelQuantizer(_Remap):
   straight_through: bool = True
 
   def setup(self):
+    self.setup_remap()
     self.proj = nn.Conv(self.n_embed, (1, 1), param_dtype=jnp.float32)
     self.embed = nn.Embed(self.n_embed, self.embed_dim, param_dtype=jnp.float32,
                           embedding_init=nn.initializers.normal(1.0))
@@ -202,6 +210,7 @@ class EMAVectorQuantizer(_Remap):
   eps: float = 1e-5
 
   def setup(self):
+    self.setup_remap()
     def init_weight():
       return jax.random.normal(self.make_rng("params"), (self.n_embed, self.embed_dim))
     self.weight = self.variable("ema_codebook", "embedding", init_weight)
