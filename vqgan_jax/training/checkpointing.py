@@ -57,6 +57,7 @@ def is_model_dir(path: str) -> bool:
 
 def load_model_dir(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
   """Reads a model directory: (config dict, {name: variables as numpy arrays})."""
+  path = os.path.abspath(path)
   cfg_path = os.path.join(path, "config.json")
   if not os.path.isfile(cfg_path):
     raise FileNotFoundError(f"{path}: not a vqgan_jax model directory (no config.json); "
