@@ -136,11 +136,14 @@ def convert_state_dict_tree(sd, project: Optional[Dict[str, Any]] = None,
       model = disc_lib.NLayerDiscriminator(ndf=dcfg["ndf"], n_layers=dcfg["n_layers"],
                                            use_actnorm=dcfg["use_actnorm"])
       x = jnp.zeros((1, 64, 64, dcfg["input_nc"]), jnp.float32)
-      expected = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
-      expected = {k: v for k, v in expected.items() if k in ("params", "batch_stats")}
+      full = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
+      expected = {k: v for k, v in full.items() if k in ("params", "batch_stats")}
       config["discriminator"] = dcfg
       variables["discriminator"] = taming.convert_state_dict(
           sd, expected, prefix="loss.discriminator.", source=source)
+      if "actnorm_state" in full:  # a saved ActNorm has been initialised from data
+        variables["discriminator"]["actnorm_state"] = jax.tree_util.tree_map(
+            lambda _: np.array(True), full["actnorm_state"])
     if any(k.startswith("loss.perceptual_loss.") for k in sd):
       model = lpips_lib.LPIPS()
       x = jnp.zeros((1, 32, 32, 3), jnp.float32)
