@@ -6,6 +6,10 @@ function is compiled and warmed up first (compile time reported separately), the
 as the median of `--repeats` runs.
 
     python bench/vqgan_forward.py [--sizes 128 256] [--repeats 10]
+        [--reference-python /venv-with-torch/bin/python --taming /path/to/taming-transformers]
+
+With --taming, taming's PyTorch model (bench/taming_forward_reference.py) is timed in
+the same run, right after ours, and the speed-ups are added to the JSON line.
 """
 
 import argparse
@@ -13,6 +17,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 
 import jax
@@ -43,6 +49,9 @@ def main():
   parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
   parser.add_argument("--repeats", type=int, default=10)
   parser.add_argument("--batch", type=int, default=1)
+  parser.add_argument("--taming", default=None, help="taming-transformers checkout")
+  parser.add_argument("--reference-python", default=sys.executable,
+                      help="a Python with torch, for the reference run")
   args = parser.parse_args()
   model = VQModel(F16_1024)
   variables = jax.jit(model.init)(jax.random.PRNGKey(0),
@@ -64,6 +73,18 @@ def main():
       result[f"{name}_{size}_ms"] = round(ms, 1)
       result[f"{name}_{size}_compile_s"] = round(compile_s, 2)
       result[f"{name}_{size}_images_per_s"] = round(args.batch * 1e3 / ms, 2)
+  if args.taming:
+    ref_script = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                              "taming_forward_reference.py")
+    out = subprocess.run([args.reference_python, ref_script, "--taming", args.taming,
+                          "--repeats", str(args.repeats), "--sizes"] +
+                         [str(s) for s in args.sizes], capture_output=True, text=True,
+                         check=True).stdout.strip().splitlines()[-1]
+    ref = json.loads(out)
+    result["reference"] = ref
+    for size in args.sizes:
+      result[f"speedup_{size}"] = round(ref[f"encode_decode_{size}_ms"] /
+                                        result[f"encode_decode_{size}_ms"], 2)
   print(json.dumps(result))
 
 

@@ -198,3 +198,20 @@ def test_config_validation_names_fields():
   assert any("divisible by 32" in e for e in errors)
   with pytest.raises(ValueError, match="unknown field"):
     VQGANConfig.from_dict({"ch": 32, "chanels": 3})
+
+
+@pytest.mark.parametrize("hw,c", [((8, 12), 32), ((5, 7), 64)])
+def test_subpixel_upsample_equals_nearest_then_conv(hw, c):
+  from vqgan_jax.nn.vqgan import Upsample
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, hw[0], hw[1], c))
+  v = Upsample().init(jax.random.PRNGKey(1), x)
+  direct = Upsample(subpixel_min_pixels=10 ** 9).apply(v, x)
+  subpixel = Upsample(subpixel_min_pixels=0).apply(v, x)
+  # Second path written out: nearest x2 by indexing, then a plain convolution.
+  up = np.asarray(x)[:, np.arange(2 * hw[0]) // 2][:, :, np.arange(2 * hw[1]) // 2]
+  k, b = v["params"]["conv"]["kernel"], v["params"]["conv"]["bias"]
+  expect = jax.lax.conv_general_dilated(up, k, (1, 1), ((1, 1), (1, 1)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        precision="highest") + b
+  np.testing.assert_allclose(direct, expect, atol=1e-5, rtol=0)
+  np.testing.assert_allclose(subpixel, expect, atol=1e-5, rtol=0)

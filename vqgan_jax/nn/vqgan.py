@@ -83,14 +83,45 @@ class Downsample(nn.Module):
     return conv(x.shape[-1], 3, "conv", self.dtype, stride=2, padding=((0, 1), (0, 1)))(x)
 
 
+def _subpixel_upsample_conv(x, kernel, bias):
+  """Nearest x2 upsampling followed by a 3x3 'same' conv, computed at low resolution.
+
+  Output pixel (2i+a, 2j+b) only sees input rows i-1..i (a=0) or i..i+1 (a=1), with the
+  kernel rows that land on the same input row summed: four 2x2 convolutions replace one
+  3x3 convolution at twice the size (16 instead of 36 multiplies per output pair).
+  """
+  b, h, w, _ = x.shape
+  k = kernel.astype(x.dtype)
+  def split(t, axis):  # kernel taps grouped by the input row/column they read
+    t0, t1, t2 = (jax.lax.index_in_dim(t, i, axis) for i in range(3))
+    return (jnp.concatenate([t0, t1 + t2], axis), jnp.concatenate([t0 + t1, t2], axis))
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  rows = []
+  for a, ka in enumerate(split(k, 0)):
+    cols = [jax.lax.conv_general_dilated(xp[:, a:a + h + 1, c:c + w + 1], kb, (1, 1), "VALID",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            for c, kb in enumerate(split(ka, 1))]
+    rows.append(jnp.stack(cols, axis=3))            # [B, h, w, 2 (b), K]
+  y = jnp.stack(rows, axis=2)                        # [B, h, 2 (a), w, 2 (b), K]
+  return y.reshape(b, 2 * h, 2 * w, -1) + bias.astype(x.dtype)
+
+
 class Upsample(nn.Module):
-  """Nearest-neighbour x2 then a 3x3 conv."""
+  """Nearest-neighbour x2 then a 3x3 conv (params as `nn.Conv`: conv/kernel, conv/bias).
+
+  Large inputs take the equivalent low-resolution sub-pixel form, which needs 2.25x
+  fewer multiplies; small ones, where XLA's direct convolution is faster, do not.
+  """
   dtype: Dtype = jnp.float32
+  subpixel_min_pixels: int = 32 * 32
 
   @nn.compact
   def __call__(self, x):
-    x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-    return conv(x.shape[-1], 3, "conv", self.dtype)(x)
+    layer = conv(x.shape[-1], 3, "conv", self.dtype)
+    if x.shape[1] * x.shape[2] < self.subpixel_min_pixels or self.is_initializing():
+      return layer(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
+    p = layer.variables["params"]
+    return _subpixel_upsample_conv(x.astype(self.dtype), p["kernel"], p["bias"])
 
 
 def attention_levels(ch_mult: Sequence[int], resolution: int,
