@@ -207,7 +207,8 @@ class Decoder(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, z, train: bool = False):
+  def __call__(self, z, train: bool = False, features_only: bool = False):
+    """features_only: return the input of `conv_out` (what the adaptive GAN weight needs)."""
     attn = attention_levels(self.ch_mult, self.resolution, self.attn_resolutions)
     h = conv(self.ch * self.ch_mult[-1], 3, "conv_in", self.dtype)(z.astype(self.dtype))
     h = Mid(h.shape[-1], self.dropout, self.dtype, name="mid")(h, train)
@@ -217,7 +218,16 @@ class Decoder(nn.Module):
     if self.give_pre_end:
       return h
     h = nn.swish(normalize("norm_out", self.dtype)(h))
+    if features_only:
+      return h
     return conv(self.out_ch, 3, "conv_out", self.dtype)(h)
+
+
+def conv_out_apply(h, kernel, bias, dtype: Dtype = jnp.float32):
+  """The decoder's `conv_out` as a function of its parameters: float32[B, H, W, out_ch]."""
+  y = jax.lax.conv_general_dilated(h.astype(dtype), kernel.astype(dtype), (1, 1),
+                                   ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return (y + bias.astype(dtype)).astype(jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -336,13 +346,16 @@ class VQModel(nn.Module):
     """indices: int32[B, h, w] -> image float32[B, h*f, w*f, out_ch]."""
     return self.decode(self.quantize.embed_indices(indices), train)
 
+  def encode_decode_features(self, x, train: bool = False, **quantize_kwargs):
+    """Like __call__ but stops before the decoder's conv_out: (features, loss, info)."""
+    z_q, loss, info = self.encode(x, train, **quantize_kwargs)
+    h = self.decoder(self.post_quant_conv(z_q.astype(self.dtype)), train, features_only=True)
+    return h, loss, info
+
   def __call__(self, x, train: bool = False, **quantize_kwargs):
     """Returns (reconstruction float32[B, H, W, out_ch], codebook_loss, info)."""
     z_q, loss, info = self.encode(x, train, **quantize_kwargs)
     return self.decode(z_q, train), loss, info
-
-  def last_layer_kernel_path(self):
-    return ("decoder", "conv_out", "kernel")
 
 
 def init_variables(config: VQGANConfig, rng, image_size: Tuple[int, int] = None,
