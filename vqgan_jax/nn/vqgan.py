@@ -335,7 +335,8 @@ class VQModel(nn.Module):
   def encode(self, x, train: bool = False, **quantize_kwargs):
     """Returns (z_q float32[B, h, w, embed_dim], codebook_loss, info dict with `indices`)."""
     h = self.encode_to_prequant(x, train)
-    return self.quantize(h, train=train, **quantize_kwargs)
+    z_q, loss, info = self.quantize(h, train=train, **quantize_kwargs)
+    return z_q, loss, dict(info, prequant=h)
 
   def decode(self, z_q, train: bool = False):
     """z_q: float[B, h, w, embed_dim] -> image float32[B, h*f, w*f, out_ch]."""

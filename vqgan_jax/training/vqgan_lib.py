@@ -1,0 +1,262 @@
+"""VQGAN train state and the jitted train / eval steps (pure JAX: no TF, no clu).
+
+One train step = taming's two optimizer steps on one global batch: the autoencoder
+update (L1 + LPIPS + codebook + adaptive GAN loss), then the discriminator update on
+the reconstructions of that same forward pass (taming re-decodes after the AE update;
+we reuse x_rec, the documented deviation of the reference inventory). The step's rng
+is fold_in(PRNGKey(seed), step), so a resumed run repeats the same randomness.
+"""
+
+import dataclasses
+import functools
+from typing import Any, Callable, Dict, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vqgan_jax import losses
+from vqgan_jax.nn.discriminator import NLayerDiscriminator
+from vqgan_jax.nn.lpips import LPIPS
+from vqgan_jax.nn.vqgan import VQGANConfig, VQModel, conv_out_apply
+from vqgan_jax.training import sharding as sharding_lib
+
+
+@flax.struct.dataclass
+class VQGANTrainState:
+  step: jax.Array                 # int32[], batches done
+  ae_params: Any
+  ae_opt_state: Any
+  model_state: Any                # VQModel's other collections (ema_codebook, remap)
+  d_params: Any
+  d_state: Any                    # batch_stats (or actnorm_state)
+  d_opt_state: Any
+  code_usage: jax.Array           # int32[n_codes], counts since the last dead-code restart
+
+
+@dataclasses.dataclass(frozen=True)
+class VQGANTrainSetup:
+  """Everything static the steps need, built once from the config."""
+  model: VQModel
+  disc: NLayerDiscriminator
+  lpips: LPIPS
+  loss: losses.LossConfig
+  tx_ae: optax.GradientTransformation
+  tx_d: optax.GradientTransformation
+  seed: int
+  image_size: int
+  accum_steps: int = 1
+  dead_code_restart_every: int = 0
+  temperature: Optional[Callable] = None   # step -> Gumbel temperature
+
+  @property
+  def n_codes(self) -> int:
+    return self.model.config.n_embed
+
+
+def gumbel_temperature_schedule(warm_up_steps, max_decay_steps, start, maximum, minimum):
+  """taming's LambdaWarmUpCosineScheduler (used for the Gumbel temperature)."""
+  def fn(step):
+    step = jnp.asarray(step, jnp.float32)
+    warm = (maximum - start) / max(warm_up_steps, 1) * step + start
+    t = jnp.minimum((step - warm_up_steps) / max(max_decay_steps - warm_up_steps, 1), 1.0)
+    cos = minimum + 0.5 * (maximum - minimum) * (1 + jnp.cos(t * jnp.pi))
+    return jnp.where(step < warm_up_steps, warm, cos)
+  return fn
+
+
+def init_state(setup: VQGANTrainSetup, rng, init_variables: Optional[Dict] = None):
+  """A fresh train state; `init_variables` ({"vqgan", "discriminator"}) overrides weights."""
+  k_ae, k_d = jax.random.split(rng)
+  s = setup.image_size
+  x = jnp.zeros((1, s, s, setup.model.config.in_channels), jnp.float32)
+  ae_vars = setup.model.init({"params": k_ae}, x)
+  d_vars = setup.disc.init({"params": k_d}, x, train=False)
+  if init_variables:
+    ae_vars = dict(ae_vars, **init_variables.get("vqgan", {}))
+    if "discriminator" in init_variables:
+      d_vars = dict(d_vars, **init_variables["discriminator"])
+  ae_vars, d_vars = dict(ae_vars), dict(d_vars)
+  ae_params, d_params = ae_vars.pop("params"), d_vars.pop("params")
+  return VQGANTrainState(
+      step=jnp.zeros((), jnp.int32), ae_params=ae_params,
+      ae_opt_state=setup.tx_ae.init(ae_params), model_state=ae_vars, d_params=d_params,
+      d_state=d_vars, d_opt_state=setup.tx_d.init(d_params),
+      code_usage=jnp.zeros((setup.n_codes,), jnp.int32))
+
+
+def _microbatches(batch, k: int):
+  return jax.tree_util.tree_map(lambda a: a.reshape((k, a.shape[0] // k) + a.shape[1:]), batch)
+
+
+def _dead_code_restart(setup, state, ae_params, model_state, latents, rng):
+  """Re-draws codes unused since the last restart from this batch's latents."""
+  unused = state.code_usage == 0
+  flat = latents.reshape(-1, latents.shape[-1])
+  pick = flat[jax.random.randint(rng, (setup.n_codes,), 0, flat.shape[0])]
+  def refresh(codebook):
+    return jnp.where(unused[:, None], pick.astype(codebook.dtype), codebook)
+  if setup.model.config.quantizer == "ema":
+    ema = dict(model_state["ema_codebook"])
+    ema["quantize"] = dict(ema["quantize"], embedding=refresh(ema["quantize"]["embedding"]),
+                           embed_avg=refresh(ema["quantize"]["embed_avg"]))
+    return ae_params, dict(model_state, ema_codebook=ema)
+  q = ae_params["quantize"]
+  if "embedding" in q:
+    q = dict(q, embedding=dict(q["embedding"], embedding=refresh(q["embedding"]["embedding"])))
+  else:
+    q = dict(q, embed=dict(q["embed"], embedding=refresh(q["embed"]["embedding"])))
+  return dict(ae_params, quantize=q), model_state
+
+
+def train_step(setup: VQGANTrainSetup, state: VQGANTrainState, lpips_params, batch):
+  """One AE + D update on batch {"image": float32[B, S, S, C]}; returns (state, metrics)."""
+  step = state.step
+  rng = jax.random.fold_in(jax.random.PRNGKey(setup.seed), step)
+  k = setup.accum_steps
+  micro = _microbatches(batch, k)
+  quant_kw = {}
+  if setup.model.config.quantizer == "gumbel":
+    quant_kw["temperature"] = setup.temperature(step) if setup.temperature else 1.0
+  mutable = [c for c in ("ema_codebook",) if c in state.model_state]
+  disc_mutable = list(state.d_state.keys())
+
+  def ae_loss(ae_params, model_state, d_state, x, rng):
+    r_model, r_lpips = jax.random.split(rng)
+    variables = dict(model_state, params=ae_params)
+    out, new_model = setup.model.apply(
+        variables, x, train=True, method=VQModel.encode_decode_features, mutable=mutable,
+        rngs={"dropout": r_model, "gumbel": r_model, "remap": r_model}, **quant_kw)
+    feats, qloss, info = out
+    def disc_fn(r):
+      return setup.disc.apply(dict(d_state, params=state.d_params), r, train=True,
+                              mutable=disc_mutable)
+    lpips_train = setup.loss.lpips_dropout_in_train
+    lpips_fn = lambda a, b: setup.lpips.apply(lpips_params, a, b, train=lpips_train,
+                                              rngs={"dropout": r_lpips})
+    conv_out = functools.partial(conv_out_apply, dtype=setup.model.dtype)
+    loss, logs = losses.generator_loss(x, feats, ae_params["decoder"]["conv_out"], conv_out,
+                                       qloss, lpips_fn, disc_fn, step, setup.loss)
+    new_model_state = dict(model_state, **new_model)
+    return loss, (logs, new_model_state, info)
+
+  def ae_micro(carry, xs):
+    grads, model_state, d_state = carry
+    x, r = xs
+    (_, (logs, model_state, info)), g = jax.value_and_grad(ae_loss, has_aux=True)(
+        state.ae_params, model_state, d_state, x, r)
+    d_state = dict(d_state, **logs["disc_aux"])
+    grads = jax.tree_util.tree_map(jnp.add, grads, g)
+    out = (logs["scalars"], jax.lax.stop_gradient(logs["x_rec"]), info["code_counts"],
+           info["perplexity"], info["prequant"])
+    return (grads, model_state, d_state), out
+
+  rngs = jax.random.split(jax.random.fold_in(rng, 0), k)
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, state.ae_params)
+  (ae_grads, model_state, d_state), (g_logs, x_rec, counts, perplexity, latents) = jax.lax.scan(
+      ae_micro, (zeros, state.model_state, state.d_state), (micro["image"], rngs))
+  ae_grads = jax.tree_util.tree_map(lambda g: g / k, ae_grads)
+  updates, ae_opt_state = setup.tx_ae.update(ae_grads, state.ae_opt_state, state.ae_params)
+  ae_params = optax.apply_updates(state.ae_params, updates)
+
+  def d_loss(d_params, d_state, x, x_rec):
+    variables = dict(d_state, params=d_params)
+    real, new = setup.disc.apply(variables, x, train=True, mutable=disc_mutable)
+    fake, new = setup.disc.apply(dict(variables, **new), x_rec, train=True, mutable=disc_mutable)
+    loss, logs = losses.discriminator_loss(real, fake, step, setup.loss)
+    return loss, (logs, dict(d_state, **new))
+
+  def d_micro(carry, xs):
+    grads, d_state = carry
+    (_, (logs, d_state)), g = jax.value_and_grad(d_loss, has_aux=True)(
+        state.d_params, d_state, *xs)
+    return (jax.tree_util.tree_map(jnp.add, grads, g), d_state), logs
+
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, state.d_params)
+  (d_grads, d_state), d_logs = jax.lax.scan(d_micro, (zeros, d_state), (micro["image"], x_rec))
+  d_grads = jax.tree_util.tree_map(lambda g: g / k, d_grads)
+  updates, d_opt_state = setup.tx_d.update(d_grads, state.d_opt_state, state.d_params)
+  d_params = optax.apply_updates(state.d_params, updates)
+
+  batch_counts = counts.sum(0)
+  code_usage = state.code_usage + batch_counts
+  if setup.dead_code_restart_every:
+    restart = (step + 1) % setup.dead_code_restart_every == 0
+    new_ae, new_ms = _dead_code_restart(setup, state.replace(code_usage=code_usage), ae_params,
+                                        model_state, latents, jax.random.fold_in(rng, 1))
+    ae_params = jax.tree_util.tree_map(lambda a, b: jnp.where(restart, a, b), new_ae, ae_params)
+    model_state = jax.tree_util.tree_map(lambda a, b: jnp.where(restart, a, b), new_ms,
+                                         model_state)
+    code_usage = jnp.where(restart, jnp.zeros_like(code_usage), code_usage)
+  metrics = {k_: jnp.mean(v) for k_, v in {**g_logs, **d_logs}.items()}
+  metrics.update(perplexity=jnp.mean(perplexity),
+                 code_usage=jnp.mean((batch_counts > 0).astype(jnp.float32)))
+  if quant_kw:
+    metrics["temperature"] = jnp.asarray(quant_kw["temperature"], jnp.float32)
+  new_state = VQGANTrainState(step=step + 1, ae_params=ae_params, ae_opt_state=ae_opt_state,
+                              model_state=model_state, d_params=d_params, d_state=d_state,
+                              d_opt_state=d_opt_state, code_usage=code_usage)
+  return new_state, metrics
+
+
+def eval_step(setup: VQGANTrainSetup, state: VQGANTrainState, lpips_params, batch):
+  """Sums over the real images of {"image", "mask"}: L1, LPIPS, PSNR, count, code counts."""
+  x, mask = batch["image"], batch["mask"].astype(jnp.float32)
+  variables = dict(state.model_state, params=state.ae_params)
+  x_rec, _, info = setup.model.apply(variables, x, train=False,
+                                     rngs={"remap": jax.random.PRNGKey(0)})
+  x_rec = jnp.clip(x_rec, -1.0, 1.0)
+  l1 = jnp.mean(jnp.abs(x - x_rec), axis=(1, 2, 3))
+  p = setup.lpips.apply(lpips_params, x, x_rec)
+  mse = jnp.mean(((x - x_rec) / 2.0) ** 2, axis=(1, 2, 3))
+  psnr = 10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-10))
+  one_hot_counts = jax.vmap(lambda i: jnp.bincount(i.ravel(), length=setup.n_codes))(
+      info["indices"])
+  return {"l1": jnp.sum(l1 * mask), "lpips": jnp.sum(p * mask), "psnr": jnp.sum(psnr * mask),
+          "count": jnp.sum(mask),
+          "code_counts": jnp.sum(one_hot_counts * mask[:, None].astype(jnp.int32), axis=0)}
+
+
+def reconstruct(setup: VQGANTrainSetup, state: VQGANTrainState, images):
+  """Deterministic reconstructions float32[B, S, S, C] for image grids."""
+  variables = dict(state.model_state, params=state.ae_params)
+  rec, _, _ = setup.model.apply(variables, images, train=False,
+                                rngs={"remap": jax.random.PRNGKey(0)})
+  return jnp.clip(rec, -1.0, 1.0)
+
+
+class CompiledSteps:
+  """The state's shardings and the jitted steps over a mesh."""
+
+  def __init__(self, setup: VQGANTrainSetup, mesh, rules=sharding_lib.DEFAULT_RULES):
+    self.setup, self.mesh = setup, mesh
+    abstract = jax.eval_shape(functools.partial(init_state, setup), jax.random.PRNGKey(0))
+    self.state_sharding = sharding_lib.infer_shardings(abstract, mesh, rules)
+    x = jnp.zeros((1, 16, 16, 3))
+    lp_abstract = jax.eval_shape(lambda: setup.lpips.init(jax.random.PRNGKey(0), x, x))
+    self.lpips_sharding = sharding_lib.infer_shardings(lp_abstract, mesh, rules)
+    batch_sh = sharding_lib.batch_sharding(mesh)
+    repl = sharding_lib.replicated(mesh)
+    self.train = jax.jit(functools.partial(train_step, setup),
+                         in_shardings=(self.state_sharding, self.lpips_sharding,
+                                       {"image": batch_sh}),
+                         out_shardings=(self.state_sharding, repl), donate_argnums=(0,))
+    self.eval = jax.jit(functools.partial(eval_step, setup),
+                        in_shardings=(self.state_sharding, self.lpips_sharding,
+                                      {"image": batch_sh, "mask": batch_sh}),
+                        out_shardings=repl)
+    self.reconstruct = jax.jit(functools.partial(reconstruct, setup),
+                               in_shardings=(self.state_sharding, batch_sh), out_shardings=repl)
+
+  def init(self, rng, init_variables=None):
+    """A sharded fresh state (optimizer scalars included, so step 2 does not recompile)."""
+    if init_variables is None:
+      return jax.jit(functools.partial(init_state, self.setup),
+                     out_shardings=self.state_sharding)(rng)
+    state = init_state(self.setup, rng, init_variables)
+    return jax.device_put(state, self.state_sharding)
+
+  def put_lpips(self, lpips_variables):
+    return jax.device_put(lpips_variables, self.lpips_sharding)
