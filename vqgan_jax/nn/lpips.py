@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vqgan_jax.nn.conv import Conv
+
 Dtype = Any
 
 # torchvision vgg16().features indices of the 3x3 convs in each LPIPS slice; a 2x2
@@ -52,9 +54,8 @@ class VGG16Features(nn.Module):
       if s > 1:
         h = nn.max_pool(h, (2, 2), strides=(2, 2), padding="VALID")
       for i in indices:
-        h = nn.Conv(channels, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                    param_dtype=jnp.float32, precision=self.precision,
-                    name=f"slice{s}_{i}")(h)
+        h = Conv(channels, 3, dtype=self.dtype, precision=self.precision,
+                 name=f"slice{s}_{i}")(h)
         h = nn.relu(h)
       feats.append(h)
     return feats

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vqgan_jax.nn import quantizers
+from vqgan_jax.nn.conv import Conv
 
 Dtype = Any
 
@@ -26,11 +27,9 @@ def normalize(name: str, dtype: Dtype = jnp.float32) -> nn.Module:
 
 
 def conv(features: int, kernel: int, name: Optional[str], dtype: Dtype, stride: int = 1,
-         padding: Any = "SAME") -> nn.Conv:
-  if padding == "SAME":
-    padding = ((kernel // 2, kernel // 2),) * 2  # torch's symmetric padding=k//2
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
-                 dtype=dtype, param_dtype=jnp.float32, name=name)
+         padding: Any = None) -> nn.Module:
+  """torch's Conv2d(kernel, stride, padding=kernel // 2 unless given), NHWC."""
+  return Conv(features, kernel, stride, padding, dtype=dtype, name=name)
 
 
 class ResnetBlock(nn.Module):

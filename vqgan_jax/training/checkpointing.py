@@ -74,3 +74,43 @@ def load_model_dir(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     raise FileNotFoundError(f"{path}: missing the 'variables' checkpoint folder")
   restored = _checkpointer().restore(var_path)
   return config, jax.tree_util.tree_map(np.asarray, restored)
+
+
+class TrainCheckpointer:
+  """Asynchronous, keep-N orbax checkpoints of a train state plus a JSON `meta` item.
+
+  Steps are saved under `directory/<step>/{state, meta}`; orbax commits each one
+  atomically, so a process killed mid-save leaves the previous checkpoints intact.
+  """
+
+  def __init__(self, directory: str, max_to_keep: int = 3):
+    import orbax.checkpoint as ocp
+    self._ocp = ocp
+    self.directory = os.path.abspath(directory)
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, enable_async_checkpointing=True, create=True))
+
+  def latest_step(self):
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, meta: Dict[str, Any]) -> bool:
+    ocp = self._ocp
+    if step in (self.manager.all_steps() or []):
+      return False
+    return self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+  def restore(self, step: int, abstract_state):
+    """Restores onto `abstract_state` (ShapeDtypeStructs carrying the target shardings)."""
+    ocp = self._ocp
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    return out["state"], out["meta"]
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()
