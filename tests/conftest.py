@@ -2,6 +2,15 @@
 
 import os
 import pathlib
+import tempfile
+
+# One persistent XLA compilation cache per test session, inherited by the CLI
+# subprocesses: a second process compiling the same step loads it in a fraction of
+# the time. Must be set before jax is imported.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      tempfile.mkdtemp(prefix="vqgan_jax_test_xla_cache_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 import numpy as np
 import pytest

@@ -5,6 +5,7 @@ can be overridden on the command line (`--config.loss.disc_start=1000`).
 `validate_config(config)` returns one message per bad field before anything compiles.
 """
 
+import dataclasses
 from typing import List
 
 import ml_collections
@@ -17,7 +18,8 @@ def base_config() -> ml_collections.ConfigDict:
   from vqgan_jax.data.config import default_data_config
   c = ml_collections.ConfigDict()
   # The first-stage model: taming's ddconfig + quantizer fields (VQGANConfig).
-  c.model = ml_collections.ConfigDict(VQGANConfig().to_dict())
+  # Tuples, not lists: ml_collections only overrides tuples from the command line.
+  c.model = ml_collections.ConfigDict(dataclasses.asdict(VQGANConfig()))
   # taming's VQLPIPSWithDiscriminator arguments, plus the discriminator's shape.
   c.loss = ml_collections.ConfigDict(dict(
       disc_start=10000,            # batches before the GAN terms switch on
