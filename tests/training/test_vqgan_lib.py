@@ -1,0 +1,127 @@
+"""Train-step semantics: dead-code restart, EMA / Gumbel training, schedules, bf16."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from vqgan_jax import losses
+from vqgan_jax.nn.discriminator import NLayerDiscriminator
+from vqgan_jax.nn.lpips import LPIPS, load_pretrained_lpips
+from vqgan_jax.nn.vqgan import VQGANConfig, VQModel
+from vqgan_jax.training import sharding, vqgan_config, vqgan_lib
+
+TINY = VQGANConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), resolution=16,
+                   z_channels=8, embed_dim=8, n_embed=16)
+
+
+def _setup(model_cfg=TINY, dtype=jnp.float32, **kw):
+  adam = optax.adam(1e-3, b1=0.5, b2=0.9)
+  return vqgan_lib.VQGANTrainSetup(
+      model=VQModel(model_cfg, dtype=dtype), disc=NLayerDiscriminator(ndf=8, n_layers=1,
+                                                                      dtype=dtype),
+      # LPIPS (a VGG16) is left out of these steps to keep compiles short; the CLI tests
+      # and tests/test_losses.py cover it.
+      lpips=LPIPS(dtype=dtype), loss=losses.LossConfig(disc_start=0, disc_weight=0.8,
+                                                       perceptual_weight=0.0),
+      tx_ae=adam, tx_d=adam, seed=0, image_size=16, **kw)
+
+
+@pytest.fixture(scope="module")
+def lpips_params():
+  return load_pretrained_lpips()
+
+
+def _batch(seed=0, n=4):
+  return {"image": jax.random.uniform(jax.random.PRNGKey(seed), (n, 16, 16, 3), minval=-1,
+                                      maxval=1)}
+
+
+def test_dead_code_restart_redraws_only_unused_codes(lpips_params):
+  setup = _setup(dead_code_restart_every=1)
+  state = vqgan_lib.init_state(setup, jax.random.PRNGKey(0))
+  batch = _batch()
+  step = jax.jit(lambda s, b: vqgan_lib.train_step(setup, s, lpips_params, b))
+  # The latents the restart draws from: this batch's pre-quant latents at the old params.
+  _, _, info = jax.jit(lambda p, x: setup.model.apply({"params": p}, x, train=True,
+                                                      method=VQModel.encode))(
+      state.ae_params, batch["image"])
+  latents = np.asarray(info["prequant"]).reshape(-1, TINY.embed_dim)
+  used = np.unique(np.asarray(info["indices"]))
+  no_restart = jax.jit(lambda s, b: vqgan_lib.train_step(
+      dataclasses.replace(setup, dead_code_restart_every=0), s, lpips_params, b))
+  plain, _ = no_restart(state, batch)
+  new, _ = step(state, batch)
+  before = np.asarray(plain.ae_params["quantize"]["embedding"]["embedding"])
+  after = np.asarray(new.ae_params["quantize"]["embedding"]["embedding"])
+  unused = np.setdiff1d(np.arange(TINY.n_embed), used)
+  assert len(unused) > 0
+  np.testing.assert_array_equal(after[used], before[used])       # used codes: Adam update only
+  for code in unused:                                            # unused: a latent of the batch
+    assert np.min(np.abs(latents - after[code]).max(axis=1)) < 1e-5, code
+  assert int(new.code_usage.sum()) == 0                          # counts restart from zero
+
+
+def test_ema_codebook_trains_outside_the_optimizer(lpips_params):
+  setup = _setup(dataclasses.replace(TINY, quantizer="ema", ema_decay=0.5))
+  state = vqgan_lib.init_state(setup, jax.random.PRNGKey(0))
+  assert "quantize" not in state.ae_params
+  new, metrics = jax.jit(lambda s, b: vqgan_lib.train_step(setup, s, lpips_params, b))(
+      state, _batch())
+  old_cb = state.model_state["ema_codebook"]["quantize"]["embedding"]
+  new_cb = new.model_state["ema_codebook"]["quantize"]["embedding"]
+  assert not np.allclose(old_cb, new_cb)
+  assert np.all(np.isfinite(jax.tree_util.tree_leaves(jax.device_get(metrics))))
+
+
+def test_gumbel_training_uses_the_temperature_schedule(lpips_params):
+  sched = vqgan_lib.gumbel_temperature_schedule(2, 12, 0.5, 1.0, 0.1)
+  np.testing.assert_allclose([sched(0), sched(1), sched(2), sched(7), sched(12), sched(20)],
+                             [0.5, 0.75, 1.0, 0.1 + 0.45 * (1 + np.cos(np.pi * 0.5)), 0.1, 0.1],
+                             rtol=1e-6)
+  setup = _setup(dataclasses.replace(TINY, quantizer="gumbel"), temperature=sched)
+  state = vqgan_lib.init_state(setup, jax.random.PRNGKey(0))
+  step = jax.jit(lambda s, b: vqgan_lib.train_step(setup, s, lpips_params, b))
+  state, m0 = step(state, _batch())
+  state, m1 = step(state, _batch(1))
+  assert float(m0["temperature"]) == 0.5 and float(m1["temperature"]) == 0.75
+  assert np.isfinite(float(m1["total_loss"]))
+
+
+def test_bfloat16_step_keeps_float32_params(lpips_params):
+  setup = _setup(dtype=jnp.bfloat16)
+  state = vqgan_lib.init_state(setup, jax.random.PRNGKey(0))
+  new, metrics = jax.jit(lambda s, b: vqgan_lib.train_step(setup, s, lpips_params, b))(
+      state, _batch())
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(new.ae_params))
+  assert all(np.isfinite(float(v)) for v in metrics.values())
+
+
+def test_learning_rate_scales_with_global_batch():
+  c = vqgan_config.base_config()
+  c.batch_size = 12
+  assert vqgan_config.learning_rate(c) == pytest.approx(4.5e-6 * 12)
+  c.optim.learning_rate = 1e-4
+  assert vqgan_config.learning_rate(c) == 1e-4
+
+
+def test_every_recipe_and_small_variant_validates():
+  import importlib.util
+  import os
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  for name in ("vqgan_imagenet_f16_1024", "vqgan_imagenet_f16_16384", "vqgan_faceshq",
+               "vqgan_gumbel_f8", "vqgan_custom"):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(root, "configs",
+                                                                     name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for arg in (None, "small"):
+      c = module.get_config(arg)
+      c.data.name, c.data.train_images = "", root   # data sources aside
+      c.data.val_images = ""
+      errors = vqgan_config.validate_config(c)
+      assert errors == [], (name, arg, errors)
+      assert vqgan_config.model_config(c).validate() == []
