@@ -147,7 +147,7 @@ def make_small(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.model.update(dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,),
                       resolution=32, z_channels=32, embed_dim=32, n_embed=128))
   c.model.quantizer = quantizer
-  c.loss.update(dict(disc_start=300, disc_ndf=16, disc_num_layers=2))
+  c.loss.update(dict(disc_start=1000, disc_ndf=16, disc_num_layers=2))
   c.data.crop_size = 32
   c.batch_size = 8
   c.optim.learning_rate = 4e-4
