@@ -15,27 +15,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 import numpy as np
 import pytest
 
-FIXTURES = pathlib.Path(__file__).parent / "fixtures"
-TAMING_TINY = FIXTURES / "taming_tiny"
-SHARED_TAMING_TINY = pathlib.Path(__file__).resolve().parents[2] / "shared/fixtures/taming_tiny"
-
-
-def nhwc(a):
-  """NCHW (torch layout of the fixtures) -> NHWC."""
-  return np.transpose(np.asarray(a), (0, 2, 3, 1))
-
-
-def tiny(name: str) -> str:
-  return str(TAMING_TINY / name)
-
-
-def shared_lpips_random() -> str:
-  """Path of the 29 MB random LPIPS checkpoint, which stays outside the repo."""
-  path = os.environ.get("VQGAN_JAX_LPIPS_RANDOM", str(SHARED_TAMING_TINY / "lpips_random.ckpt"))
-  if not os.path.isfile(path):
-    pytest.skip(f"{path} is absent (the 29 MB random-LPIPS fixture lives in "
-                "../shared/fixtures/taming_tiny; set VQGAN_JAX_LPIPS_RANDOM to its path)")
-  return path
+from vqgan_test_utils import FIXTURES, TAMING_TINY, nhwc, shared_lpips_random, tiny  # noqa: F401
 
 
 @pytest.fixture(scope="session")

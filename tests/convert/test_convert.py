@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import nhwc, tiny
+from vqgan_test_utils import nhwc, tiny
 from vqgan_jax.api import load_vqgan
 from vqgan_jax.convert import checkpoint, taming
 from vqgan_jax.convert.torch_reader import read_state_dict

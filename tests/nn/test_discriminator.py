@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import nhwc, tiny
+from vqgan_test_utils import nhwc, tiny
 from vqgan_jax.convert.taming import convert_state_dict
 from vqgan_jax.convert.torch_reader import read_state_dict
 from vqgan_jax.nn.discriminator import (ActNorm, BatchNorm, NLayerDiscriminator, hinge_d_loss,

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, nhwc, shared_lpips_random
+from vqgan_test_utils import FIXTURES, nhwc, shared_lpips_random
 from vqgan_jax.convert.taming import convert_state_dict
 from vqgan_jax.convert.torch_reader import read_state_dict
 from vqgan_jax.nn import lpips

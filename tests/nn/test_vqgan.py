@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import nhwc, tiny
+from vqgan_test_utils import nhwc, tiny
 from vqgan_jax.convert.checkpoint import convert_taming_checkpoint
 from vqgan_jax.nn.vqgan import VQGANConfig, VQModel, abstract_variables, param_count
 

@@ -1,7 +1,10 @@
 """Sharded VQGAN train steps equal the single-device step; gradient accumulation is exact.
 
 The mesh comparison runs training_worker.py in a subprocess with 8 fake CPU devices
-(XLA_FLAGS must be set before jax starts). Accumulation runs here, on one device.
+(XLA_FLAGS must be set before jax starts): step 1 from the initial state and step 2 from
+the single-device state after step 1, on ("data", 8) and ("data", 4) x ("fsdp", 2)
+meshes (chained steps are run for the compile-cache check and only reported: see
+training_worker.py). Accumulation runs here, on one device.
 Tolerance: np.allclose with atol = rtol = 1e-5 on every element of every leaf of the
 state (params, optimizer state, batch statistics, code usage) and on every metric.
 """
@@ -26,9 +29,10 @@ REPO = HERE.parents[1]
 
 
 def _check(entry, what):
+  """Fails unless a training_worker.compare() result is within atol + rtol * |ref|."""
   assert entry["ratio"] <= 1.0, (
-      f"{what}: |got - ref| exceeds 1e-5 + 1e-5 |ref| at {entry['ratio_leaf']} (x{entry['ratio']:.3g}); "
-      f"max abs diff {entry['max_abs']:.3g} at {entry['max_abs_leaf']}")
+      f"{what}: |got - ref| exceeds 1e-5 + 1e-5 |ref| at {entry['ratio_leaf']} "
+      f"(x{entry['ratio']:.3g}); max abs diff {entry['max_abs']:.3g} at {entry['max_abs_leaf']}")
 
 
 @pytest.fixture(scope="module")
