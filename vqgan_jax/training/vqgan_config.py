@@ -104,6 +104,10 @@ def validate_config(config, num_devices: int = 1, process_count: int = 1) -> Lis
   if int(lc.disc_num_layers) < 1 or int(lc.disc_ndf) < 1:
     errors.append(f"loss.disc_num_layers / loss.disc_ndf: expected >= 1, got "
                   f"{lc.disc_num_layers} / {lc.disc_ndf}")
+  if lc.use_actnorm:
+    errors.append("loss.use_actnorm: training an ActNorm discriminator is not supported yet "
+                  "(its data-dependent init is not wired into the train step); use BatchNorm "
+                  "(False). Converting ActNorm checkpoints works.")
   if config.dtype not in ("float32", "bfloat16"):
     errors.append(f"dtype: expected 'float32' or 'bfloat16', got {config.dtype!r}")
   b, k = int(config.batch_size), int(config.optim.accum_steps)

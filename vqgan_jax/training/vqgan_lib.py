@@ -88,7 +88,10 @@ def init_state(setup: VQGANTrainSetup, rng, init_variables: Optional[Dict] = Non
 
 
 def _microbatches(batch, k: int):
-  return jax.tree_util.tree_map(lambda a: a.reshape((k, a.shape[0] // k) + a.shape[1:]), batch)
+  """[B, ...] -> [k, B/k, ...], strided (micro-batch i takes rows i, i+k, ...), so that
+  every micro-batch stays spread over all devices of the data axes."""
+  return jax.tree_util.tree_map(
+      lambda a: a.reshape((a.shape[0] // k, k) + a.shape[1:]).swapaxes(0, 1), batch)
 
 
 def _scan(body, carry, xs, length: int):
