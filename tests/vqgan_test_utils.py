@@ -27,3 +27,12 @@ def shared_lpips_random() -> str:
     pytest.skip(f"{path} is absent (the 29 MB random-LPIPS fixture lives in "
                 "../shared/fixtures/taming_tiny; set VQGAN_JAX_LPIPS_RANDOM to its path)")
   return path
+
+
+def assert_trees_equal(a, b):
+  """Same structure and bitwise-equal leaves."""
+  import jax
+  la, lb = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_flatten_with_path(b)[0]
+  assert [p for p, _ in la] == [p for p, _ in lb]
+  for (path, x), (_, y) in zip(la, lb):
+    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))

@@ -98,6 +98,18 @@ class VQGAN:
     return self.decode(z_q)
 
 
+def read_model(path: str, project_yaml: Optional[str] = None):
+  """(config dict, {name: variables}) of a model directory or a taming `.ckpt`."""
+  from vqgan_jax.training import checkpointing
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no such file or directory (expected a model "
+                            "directory or a taming .ckpt)")
+  if os.path.isdir(path):
+    return checkpointing.load_model_dir(path)
+  from vqgan_jax.convert.checkpoint import convert_taming_checkpoint
+  return convert_taming_checkpoint(path, project_yaml)
+
+
 def load_vqgan(path: str, config: Optional[str] = None, which: str = "vqgan") -> VQGAN:
   """Loads a first-stage model.
 
@@ -109,15 +121,7 @@ def load_vqgan(path: str, config: Optional[str] = None, which: str = "vqgan") ->
       inferred from the weights. Ignored for a model directory.
     which: "vqgan" (the first stage) or "cond_stage" (a Net2Net VQ cond stage).
   """
-  from vqgan_jax.training import checkpointing
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: no such file or directory (expected a model "
-                            "directory or a taming .ckpt)")
-  if os.path.isdir(path):
-    cfg, variables = checkpointing.load_model_dir(path)
-  else:
-    from vqgan_jax.convert.checkpoint import convert_taming_checkpoint
-    cfg, variables = convert_taming_checkpoint(path, config)
+  cfg, variables = read_model(path, config)
   if which not in variables or which not in cfg:
     raise KeyError(f"{path}: holds no {which!r} model (it has {sorted(variables)})")
   return VQGAN(VQGANConfig.from_dict(cfg[which]), variables[which], name=f"{path}:{which}")

@@ -8,18 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from vqgan_test_utils import nhwc, tiny
+from vqgan_test_utils import assert_trees_equal, nhwc, tiny
 from vqgan_jax.api import load_vqgan
 from vqgan_jax.convert import checkpoint, taming
 from vqgan_jax.convert.torch_reader import read_state_dict
 from vqgan_jax.nn.vqgan import VQGANConfig
-
-
-def _same_trees(a, b):
-  la, lb = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_flatten_with_path(b)[0]
-  assert [p for p, _ in la] == [p for p, _ in lb]
-  for (p, x), (_, y) in zip(la, lb):
-    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(p))
 
 
 def test_cli_then_load_vqgan_decode_indices(tmp_path, vqgan_tiny_ref):
@@ -48,7 +41,7 @@ def test_cli_then_load_vqgan_decode_indices(tmp_path, vqgan_tiny_ref):
 
 def test_load_vqgan_straight_from_ckpt_without_yaml(vqgan_tiny_converted, vqgan_tiny_ref):
   vq = load_vqgan(tiny("vqgan_tiny.ckpt"))
-  _same_trees(jax.device_get(vq.variables), vqgan_tiny_converted[1]["vqgan"])
+  assert_trees_equal(jax.device_get(vq.variables), vqgan_tiny_converted[1]["vqgan"])
   # The inferred config builds the same network (resolution differs, attention does not).
   inferred, given = vq.config, VQGANConfig.from_dict(vqgan_tiny_converted[0]["vqgan"])
   assert (inferred.ch, inferred.ch_mult, inferred.num_res_blocks, inferred.n_embed,
@@ -62,14 +55,14 @@ def test_load_vqgan_straight_from_ckpt_without_yaml(vqgan_tiny_converted, vqgan_
 def test_legacy_format_converts_identically(vqgan_tiny_converted):
   _, legacy = checkpoint.convert_taming_checkpoint(tiny("vqgan_tiny_legacy.ckpt"),
                                                    tiny("vqgan_tiny-project.yaml"))
-  _same_trees(legacy, vqgan_tiny_converted[1])
+  assert_trees_equal(legacy, vqgan_tiny_converted[1])
 
 
 def test_net2net_subtrees(vqgan_tiny_converted):
   cfg, v = checkpoint.convert_taming_checkpoint(tiny("n2n_class_tiny.ckpt"),
                                                 tiny("n2n_class_tiny-project.yaml"))
   assert "cond_stage" not in v and "discriminator" not in v  # Labelator has no weights
-  _same_trees(v["vqgan"], vqgan_tiny_converted[1]["vqgan"])  # bit-identical first stage
+  assert_trees_equal(v["vqgan"], vqgan_tiny_converted[1]["vqgan"])  # bit-identical first stage
   cfg, v = checkpoint.convert_taming_checkpoint(tiny("n2n_depth_tiny.ckpt"))
   assert cfg["cond_stage"]["in_channels"] == 1 and cfg["cond_stage"]["ch_mult"] == [2, 1, 1]
   assert cfg["cond_stage"]["attn_resolutions"] == []

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vqgan_test_utils import tiny
+from vqgan_test_utils import assert_trees_equal, tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -51,14 +51,6 @@ def _run(cmd, tmp_path, timeout=600):
 def _model_params(workdir):
   from vqgan_jax.training.checkpointing import load_model_dir
   return load_model_dir(os.path.join(workdir, "model"))[1]
-
-
-def _assert_trees_equal(a, b):
-  import jax
-  la, lb = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_flatten_with_path(b)[0]
-  assert [p for p, _ in la] == [p for p, _ in lb]
-  for (path, x), (_, y) in zip(la, lb):
-    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
 
 
 @pytest.mark.slow
@@ -117,7 +109,7 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
   resumed = _run(_cmd(killed, *common), tmp_path)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert json.load(open(os.path.join(killed, "summary.json")))["start_step"] == max(steps_left)
-  _assert_trees_equal(_model_params(straight), _model_params(killed))
+  assert_trees_equal(_model_params(straight), _model_params(killed))
 
 
 @pytest.mark.slow

@@ -56,6 +56,14 @@ class _Remap(nn.Module):
   def used(self):
     return self.used_codes
 
+  def codebook(self):
+    """float32[n_embed, D]; each quantizer says where its codebook lives."""
+    raise NotImplementedError
+
+  def embed_indices(self, indices):
+    """int[B, h, w] -> exact codebook rows float32[B, h, w, D] (taming's get_codebook_entry)."""
+    return jnp.take(self.codebook(), self.to_all(indices), axis=0)
+
   def to_used(self, indices):
     """Full-codebook indices -> positions in `used` (unknown codes per `unknown_index`)."""
     if not self.remap_size:
@@ -100,10 +108,6 @@ class VectorQuantizer(_Remap):
 
   def codebook(self):
     return self.embedding.embedding
-
-  def embed_indices(self, indices):
-    """int[B, h, w] -> exact codebook rows float32[B, h, w, D] (taming's get_codebook_entry)."""
-    return jnp.take(self.codebook(), self.to_all(indices), axis=0)
 
   def nearest(self, h):
     """Indices into the full codebook, int32[B, h, w]."""
@@ -153,9 +157,6 @@ class GumbelQuantizer(_Remap):
 
   def codebook(self):
     return self.embed.embedding
-
-  def embed_indices(self, indices):
-    return jnp.take(self.codebook(), self.to_all(indices), axis=0)
 
   def logits(self, h):
     """float32[B, h, w, n_embed] (restricted to the used codes under remap)."""
@@ -220,9 +221,6 @@ class EMAVectorQuantizer(_Remap):
 
   def codebook(self):
     return self.weight.value
-
-  def embed_indices(self, indices):
-    return jnp.take(self.codebook(), self.to_all(indices), axis=0)
 
   def __call__(self, h, train: bool = False):
     h = h.astype(jnp.float32)

@@ -8,6 +8,7 @@ exports) holds:
 
 import json
 import os
+import shutil
 from typing import Any, Dict, Tuple
 
 import jax
@@ -30,7 +31,6 @@ def save_model_dir(out_dir: str, variables: Dict[str, Any], config: Dict[str, An
   out_dir = os.path.abspath(out_dir)
   tmp = out_dir + ".tmp"
   if os.path.exists(tmp):
-    import shutil
     shutil.rmtree(tmp)
   os.makedirs(tmp)
   ckptr = _checkpointer()
@@ -39,7 +39,6 @@ def save_model_dir(out_dir: str, variables: Dict[str, Any], config: Dict[str, An
   with open(os.path.join(tmp, "config.json"), "w") as f:
     json.dump(dict(config, format=FORMAT), f, indent=2, sort_keys=True)
   if os.path.exists(out_dir):
-    import shutil
     old = out_dir + ".old"
     if os.path.exists(old):
       shutil.rmtree(old)

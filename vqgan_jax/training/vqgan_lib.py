@@ -107,9 +107,9 @@ def _scan(body, carry, xs, length: int):
   return carry, jax.tree_util.tree_map(lambda *a: jnp.stack(a), *outs)
 
 
-def _dead_code_restart(setup, state, ae_params, model_state, latents, rng):
-  """Re-draws codes unused since the last restart from this batch's latents."""
-  unused = state.code_usage == 0
+def _dead_code_restart(setup, code_usage, ae_params, model_state, latents, rng):
+  """Re-draws codes unused since the last restart (code_usage == 0) from the batch's latents."""
+  unused = code_usage == 0
   flat = latents.reshape(-1, latents.shape[-1])
   pick = flat[jax.random.randint(rng, (setup.n_codes,), 0, flat.shape[0])]
   def refresh(codebook):
@@ -200,8 +200,8 @@ def train_step(setup: VQGANTrainSetup, state: VQGANTrainState, lpips_params, bat
   code_usage = state.code_usage + batch_counts
   if setup.dead_code_restart_every:
     restart = (step + 1) % setup.dead_code_restart_every == 0
-    new_ae, new_ms = _dead_code_restart(setup, state.replace(code_usage=code_usage), ae_params,
-                                        model_state, latents, jax.random.fold_in(rng, 1))
+    new_ae, new_ms = _dead_code_restart(setup, code_usage, ae_params, model_state, latents,
+                                        jax.random.fold_in(rng, 1))
     ae_params = jax.tree_util.tree_map(lambda a, b: jnp.where(restart, a, b), new_ae, ae_params)
     model_state = jax.tree_util.tree_map(lambda a, b: jnp.where(restart, a, b), new_ms,
                                          model_state)

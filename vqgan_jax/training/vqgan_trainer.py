@@ -47,11 +47,8 @@ def build_setup(config) -> vqgan_lib.VQGANTrainSetup:
 
 def _init_variables(config, setup) -> Dict[str, Any]:
   """Weights to start from (fine-tuning): a model directory or a taming .ckpt."""
-  if os.path.isdir(config.init_from):
-    cfg, variables = checkpointing.load_model_dir(config.init_from)
-  else:
-    from vqgan_jax.convert.checkpoint import convert_taming_checkpoint
-    cfg, variables = convert_taming_checkpoint(config.init_from)
+  from vqgan_jax.api import read_model
+  cfg, variables = read_model(config.init_from)
   want = setup.model.config.to_dict()
   got = dict(cfg["vqgan"])
   diff = {k: (got.get(k), v) for k, v in want.items()

@@ -9,6 +9,8 @@ from typing import Dict
 
 import numpy as np
 
+from vqgan_jax.reconstruct import to_uint8
+
 
 class Writer:
   """clu's default writer (TensorBoard + logging) on process 0; no-op elsewhere."""
@@ -45,5 +47,5 @@ def image_grid(columns) -> np.ndarray:
   """Arrays float32[N, H, W, C] in [-1, 1], shown side by side, one image per row -> uint8."""
   pairs = np.concatenate([np.asarray(c, np.float32) for c in columns], axis=2)  # N, H, kW, C
   grid = pairs.reshape(-1, *pairs.shape[2:])                                       # N*H, kW, C
-  img = np.round((np.clip(grid, -1, 1) + 1) * 127.5).astype(np.uint8)
+  img = to_uint8(grid)
   return np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img
