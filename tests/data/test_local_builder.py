@@ -1,4 +1,7 @@
-"""Image folders/lists as TFDS datasets: listing, text lists, corrupt files, modes, reuse."""
+"""Image folders/lists as TFDS datasets: text lists, corrupt files, modes, reuse.
+
+Folder listing itself (recursion, links, CLI arguments) is tested in tests/test_images.py.
+"""
 
 import logging
 import os
@@ -9,6 +12,7 @@ import tensorflow as tf
 from PIL import Image
 
 from data_helpers import id_image, ids_of, make_data_config, write_id_images
+from vqgan_jax import images as image_files
 from vqgan_jax.data import local_builder, pipeline
 
 
@@ -25,16 +29,6 @@ def _uint8(images):
   return np.round((images + 1.0) * 127.5).astype(np.int64)
 
 
-def test_folder_listing_is_recursive_sorted_and_filtered(tmp_path):
-  for rel in ["b/x.PNG", "a/y.jpg", "a/deeper/z.webp", "c.gif", "d.tif", "e.bmp"]:
-    (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-    (tmp_path / rel).write_bytes(b"")
-  (tmp_path / "notes.txt").write_text("not an image")
-  (tmp_path / "a" / "thumbs.db").write_bytes(b"")
-  got = [os.path.relpath(p, tmp_path) for p in local_builder.list_images(str(tmp_path))]
-  assert got == ["a/deeper/z.webp", "a/y.jpg", "b/x.PNG", "c.gif", "d.tif", "e.bmp"]
-
-
 def test_text_list_with_relative_paths(tmp_path):
   paths = write_id_images(tmp_path / "imgs", 4, subdirs=False)
   (tmp_path / "lists" / "more").mkdir(parents=True)
@@ -48,7 +42,7 @@ def test_text_list_with_relative_paths(tmp_path):
       paths[0],  # absolute
       "../imgs/img_03.png",
   ]) + "\n")
-  files = local_builder.list_images(str(listing))
+  files = image_files.list_images(str(listing))
   assert files == [paths[2], str(tmp_path / "lists" / "more" / "five.png"), paths[0], paths[3]]
   images = _eval_images(str(listing), str(tmp_path / "wd"))
   assert list(ids_of(images)) == [2, 5, 0, 3]  # listed order is kept

@@ -14,8 +14,7 @@ from typing import Any, List
 
 import ml_collections
 
-# Image-file extensions picked up when a folder is scanned (lower case, with the dot).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+from vqgan_jax.images import IMAGE_EXTENSIONS  # noqa: F401  (folder scans; defined there)
 
 
 def default_data_config() -> ml_collections.ConfigDict:

@@ -1,15 +1,16 @@
 """Image folders and image lists as TFDS datasets (array_record, one 'train' split).
 
 `prepare_local_images(path, prepared_dir)` lists the images (a folder, searched
-recursively, or a text file with one path per line), hashes the sorted list with each
-file's size and mtime, and prepares `LocalImages` under
+recursively, or a text file with one path per line: `vqgan_jax.images.list_images`),
+hashes the sorted list with each file's size and mtime, and prepares `LocalImages` under
 `<prepared_dir>/vqgan_local_images/<folder name>_<hash>/1.0.0`. An unchanged list is
 reused as is; a changed one gets a new hash and is prepared anew. Nothing is downloaded.
 
 What is stored per example: 'image' (encoded bytes, always decodable as 8-bit RGB by
 `tf.io.decode_image`) and 'path' (the file). Examples keep the sorted-list order.
  - 8-bit RGB JPEG and PNG files are stored byte for byte.
- - Anything else PIL reads is converted to RGB uint8 and stored as PNG:
+ - Anything else PIL reads is converted to RGB uint8 (`vqgan_jax.images.to_rgb_uint8`)
+   and stored as PNG:
    L, P, CMYK, YCbCr, ... via PIL's `convert("RGB")` (CMYK: PIL's plain formula, no ICC);
    RGBA, LA, PA, P with transparency: composited on white (transparent pixels have no
    defined colour, so white is used rather than whatever RGB they happen to store);
@@ -27,45 +28,15 @@ import io
 import logging
 import os
 import re
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
-import numpy as np
-
-from vqgan_jax.data.config import IMAGE_EXTENSIONS
+from vqgan_jax.images import IMAGE_EXTENSIONS, list_images, to_rgb_uint8
 
 logger = logging.getLogger(__name__)
 
 # Bump when what gets stored per file changes, so old preparations are not reused.
 _FORMAT_VERSION = "1"
 _CHUNK = 64  # files decoded in parallel per chunk while preparing
-
-
-def list_images(path: str) -> List[str]:
-  """Returns the absolute image paths named by `path`, sorted.
-
-  `path` is a folder (searched recursively, following links once, for the extensions
-  in `IMAGE_EXTENSIONS`, case-insensitive) or a text file with one path per line
-  (blank lines and lines starting with '#' ignored; relative paths are relative to the
-  text file's folder; listed order is kept, duplicates are kept).
-  """
-  path = os.path.abspath(os.path.expanduser(path))
-  if os.path.isdir(path):
-    found, seen = [], set()
-    for root, dirs, files in os.walk(path, followlinks=True):
-      real = os.path.realpath(root)
-      if real in seen:  # a link cycle
-        dirs[:] = []
-        continue
-      seen.add(real)
-      dirs.sort()
-      found.extend(os.path.join(root, f) for f in files
-                   if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)
-    return sorted(found)
-  base = os.path.dirname(path)
-  with open(path, "r", encoding="utf-8") as f:
-    lines = [line.strip() for line in f]
-  return [os.path.normpath(os.path.join(base, os.path.expanduser(line)))
-          for line in lines if line and not line.startswith("#")]
 
 
 def list_hash(files: Sequence[str]) -> str:
@@ -86,28 +57,6 @@ def _png_bit_depth(data: bytes) -> int:
   return data[24] if len(data) > 24 else 0
 
 
-def _to_rgb(img) -> np.ndarray:
-  """A PIL image in any mode as uint8[H, W, 3] (rules in the module docstring)."""
-  from PIL import Image
-  mode = img.mode
-  if mode == "RGB":
-    return np.asarray(img, dtype=np.uint8)
-  if mode.startswith("I;16") or mode == "I":
-    a = np.asarray(img).astype(np.float64)
-    a = np.round(np.clip(a, 0, 65535) / 257.0).astype(np.uint8)
-    return np.repeat(a[..., None], 3, axis=-1)
-  if mode == "F":
-    a = np.round(np.clip(np.asarray(img, dtype=np.float64), 0, 1) * 255).astype(np.uint8)
-    return np.repeat(a[..., None], 3, axis=-1)
-  has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-      mode == "P" and "transparency" in img.info)
-  if has_alpha:
-    rgba = img.convert("RGBA")
-    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"), dtype=np.uint8)
-  return np.asarray(img.convert("RGB"), dtype=np.uint8)
-
-
 def load_image_bytes(path: str) -> Tuple[Optional[bytes], str]:
   """Reads one image file for storing: (encoded bytes, "") or (None, reason).
 
@@ -123,7 +72,7 @@ def load_image_bytes(path: str) -> Tuple[Optional[bytes], str]:
       fmt = img.format
       if img.mode == "RGB" and (fmt == "JPEG" or (fmt == "PNG" and _png_bit_depth(data) == 8)):
         return data, ""
-      rgb = _to_rgb(img)
+      rgb = to_rgb_uint8(img)
   except UnidentifiedImageError:
     return None, "not an image PIL can identify"
   except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
