@@ -6,12 +6,13 @@
 """
 
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vqgan_jax import model_dir
 from vqgan_jax.nn.vqgan import VQGANConfig, VQModel
 
 
@@ -79,17 +80,22 @@ class VQGAN:
     return self._decode(self.variables, z_q)
 
   def decode_indices(self, indices):
-    """indices int[B, h, w] -> images float32[B, h*f, w*f, out_ch]."""
+    """indices int[B, h, w] in [0, n_codes) -> images float32[B, h*f, w*f, out_ch].
+
+    Out-of-range indices are refused (a jitted gather would silently clamp them); a jax
+    array costs one device_get of its min and max.
+    """
     indices = np.asarray(indices) if not isinstance(indices, jax.Array) else indices
     c = self.config
     n = (c.remap_size + (c.unknown_index == "extra")) if c.remap_size else c.n_embed
     if indices.ndim != 3:
       raise ValueError(f"{self.name}: indices must be int32[B, h, w]; got shape "
                        f"{tuple(indices.shape)}")
-    if not isinstance(indices, jax.Array) and indices.size and (
-        indices.min() < 0 or indices.max() >= n):
-      raise ValueError(f"{self.name}: indices must lie in [0, {n}); got values in "
-                       f"[{indices.min()}, {indices.max()}]")
+    if indices.size:
+      lo, hi = (int(v) for v in jax.device_get((indices.min(), indices.max())))
+      if lo < 0 or hi >= n:
+        raise ValueError(f"{self.name}: indices must lie in [0, {n}); got values in "
+                         f"[{lo}, {hi}]")
     return self._decode_indices(self.variables, jnp.asarray(indices, jnp.int32))
 
   def reconstruct(self, images, rng: Optional[jax.Array] = None):
@@ -98,16 +104,23 @@ class VQGAN:
     return self.decode(z_q)
 
 
-def read_model(path: str, project_yaml: Optional[str] = None):
-  """(config dict, {name: variables}) of a model directory or a taming `.ckpt`."""
-  from vqgan_jax.training import checkpointing
+def read_model(path: str, project_yaml: Optional[str] = None,
+               kinds: Optional[Sequence[str]] = None):
+  """(config dict, {name: variables}) of a model directory or a taming `.ckpt`.
+
+  config["kind"] says what it holds ("vqgan", "net2net"; see `vqgan_jax/model_dir.py`);
+  with `kinds`, any other kind is refused.
+  """
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: no such file or directory (expected a model "
                             "directory or a taming .ckpt)")
   if os.path.isdir(path):
-    return checkpointing.load_model_dir(path)
+    return model_dir.load_model_dir(path, kinds=kinds)
   from vqgan_jax.convert.checkpoint import convert_taming_checkpoint
-  return convert_taming_checkpoint(path, project_yaml)
+  config, variables = convert_taming_checkpoint(path, project_yaml)
+  if kinds is not None and config["kind"] not in kinds:
+    raise ValueError(f"{path}: holds a {config['kind']!r} model, expected one of {list(kinds)}")
+  return config, variables
 
 
 def load_vqgan(path: str, config: Optional[str] = None, which: str = "vqgan") -> VQGAN:
@@ -119,9 +132,10 @@ def load_vqgan(path: str, config: Optional[str] = None, which: str = "vqgan") ->
       first stage is returned), read without torch.
     config: for a `.ckpt`, taming's project YAML; without it the architecture is
       inferred from the weights. Ignored for a model directory.
-    which: "vqgan" (the first stage) or "cond_stage" (a Net2Net VQ cond stage).
+    which: "vqgan" (the first stage; of a "net2net" model too) or "cond_stage" (a
+      Net2Net VQ cond stage).
   """
-  cfg, variables = read_model(path, config)
+  cfg, variables = read_model(path, config, kinds=("vqgan", "net2net"))
   if which not in variables or which not in cfg:
     raise KeyError(f"{path}: holds no {which!r} model (it has {sorted(variables)})")
   return VQGAN(VQGANConfig.from_dict(cfg[which]), variables[which], name=f"{path}:{which}")

@@ -12,6 +12,7 @@ from vqgan_test_utils import assert_trees_equal, nhwc, tiny
 from vqgan_jax.api import load_vqgan
 from vqgan_jax.convert import checkpoint, taming
 from vqgan_jax.convert.torch_reader import read_state_dict
+from vqgan_jax.model_dir import load_model_dir
 from vqgan_jax.nn.vqgan import VQGANConfig
 
 
@@ -32,8 +33,8 @@ def test_cli_then_load_vqgan_decode_indices(tmp_path, vqgan_tiny_ref):
   np.testing.assert_allclose(vq.decode(z_q), nhwc(ref["dec"]), atol=2e-4, rtol=0)
   np.testing.assert_allclose(vq.reconstruct(nhwc(ref["x"])), nhwc(ref["dec"]), atol=2e-4, rtol=0)
   # The discriminator and its BatchNorm statistics travel with the model directory.
-  from vqgan_jax.training.checkpointing import load_model_dir
   cfg, variables = load_model_dir(str(out))
+  assert cfg["kind"] == "vqgan" and cfg["format_version"] == 2
   assert cfg["discriminator"] == {"input_nc": 3, "ndf": 16, "n_layers": 2, "use_actnorm": False}
   assert cfg["loss"]["disc_start"] == 3
   assert set(variables["discriminator"]) == {"params", "batch_stats"}
@@ -139,8 +140,23 @@ def test_image_checks_name_the_problem(vqgan_tiny_converted):
     vq.encode(np.zeros((1, 3, 32, 32), np.float32))
   with pytest.raises(ValueError, match=r"indices must lie in \[0, 64\)"):
     vq.decode_indices(np.full((1, 2, 2), 64))
+  with pytest.raises(ValueError, match=r"indices must lie in \[0, 64\)"):
+    vq.decode_indices(np.full((1, 2, 2), -1))
   with pytest.raises(FileNotFoundError, match="no such file"):
     load_vqgan("/nonexistent/model")
+
+
+def test_decode_indices_refuses_out_of_range_jax_arrays():
+  """A jitted gather clamps: jax indices are range-checked like numpy ones."""
+  import jax.numpy as jnp
+  vq = load_vqgan(tiny("vqgan_tiny.ckpt"))
+  both = jnp.zeros((1, 2, 2), jnp.int32).at[0, 0, 1].set(64).at[0, 1, 1].set(-1)
+  with pytest.raises(ValueError, match=r"indices must lie in \[0, 64\); got values in \[-1, 64\]"):
+    vq.decode_indices(both)
+  for bad in (64, -1):
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 64\)"):
+      vq.decode_indices(jnp.zeros((1, 2, 2), jnp.int32).at[0, 1, 1].set(bad))
+  assert vq.decode_indices(jnp.full((1, 2, 2), 63, jnp.int32)).shape == (1, 8, 8, 3)
 
 
 @pytest.mark.slow

@@ -49,7 +49,7 @@ def _run(cmd, tmp_path, timeout=600):
 
 
 def _model_params(workdir):
-  from vqgan_jax.training.checkpointing import load_model_dir
+  from vqgan_jax.model_dir import load_model_dir
   return load_model_dir(os.path.join(workdir, "model"))[1]
 
 

@@ -1,6 +1,8 @@
 """Converts a whole taming checkpoint (VQModel, GumbelVQ, EMAVQ or Net2Net) to our trees.
 
 `convert_taming_checkpoint(ckpt, project_yaml=None)` returns `(config, variables)`:
+  config["kind"]          "net2net" for a Net2NetTransformer (keys under `first_stage_model.`),
+                          else "vqgan": the model-directory kind (`vqgan_jax/model_dir.py`)
   config["vqgan"]         VQGANConfig fields of the first stage
   config["cond_stage"]    the same for a Net2Net VQModel cond stage (depth, segmentation)
   config["loss"]          taming's lossconfig params (when the YAML gives them)
@@ -121,6 +123,7 @@ def convert_state_dict_tree(sd, project: Optional[Dict[str, Any]] = None,
         f"{sorted(sd)[:5]}")
   first = "" if "" in prefixes else "first_stage_model."
   config, variables = {"source": os.path.basename(source)}, {}
+  config["kind"] = "vqgan" if first == "" else "net2net"
   cfg = project.get("vqgan") or taming.infer_vqgan_config(sd, first, source)
   cfg, variables["vqgan"] = _convert_vqgan(sd, cfg, first, source)
   config["vqgan"] = cfg.to_dict()
