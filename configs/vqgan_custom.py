@@ -7,7 +7,7 @@
 `train_images` / `val_images`: a folder of images or a text file listing image paths.
 """
 
-from vqgan_jax.training.vqgan_config import base_config, make_small
+from vqgan_jax.training.vqgan_config import base_config, recipe
 
 
 def get_config(arg=None):
@@ -16,4 +16,4 @@ def get_config(arg=None):
   c.loss.update(dict(disc_start=10000, disc_weight=0.8, codebook_weight=1.0))
   c.data.crop_size = 256
   c.batch_size = 5
-  return make_small(c) if arg == "small" else c
+  return recipe(c, arg, __file__)

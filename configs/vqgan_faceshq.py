@@ -5,7 +5,7 @@
 (or --config.data.name=celeb_a_hq/256 with a prepared TFDS copy).
 """
 
-from vqgan_jax.training.vqgan_config import base_config, make_small
+from vqgan_jax.training.vqgan_config import base_config, recipe
 
 
 def get_config(arg=None):
@@ -17,4 +17,4 @@ def get_config(arg=None):
   c.data.val_split = ""
   c.data.crop_size = 256
   c.batch_size = 3
-  return make_small(c) if arg == "small" else c
+  return recipe(c, arg, __file__)

@@ -6,7 +6,7 @@ taming released this model with DummyLoss; we train it with the VQGAN objective,
 kl_weight 1e-8 and the temperature schedule of its config (0.9 -> 1e-6, cosine).
 """
 
-from vqgan_jax.training.vqgan_config import base_config, make_small
+from vqgan_jax.training.vqgan_config import base_config, recipe
 
 
 def get_config(arg=None):
@@ -18,4 +18,4 @@ def get_config(arg=None):
                                    max=0.9, min=1e-6))
   c.data.crop_size = 256
   c.batch_size = 12
-  return make_small(c) if arg == "small" else c
+  return recipe(c, arg, __file__)

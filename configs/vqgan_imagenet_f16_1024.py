@@ -5,7 +5,7 @@
 `:small` trains the same objective on 2 CPU cores (set data.train_images or data.name).
 """
 
-from vqgan_jax.training.vqgan_config import base_config, make_small
+from vqgan_jax.training.vqgan_config import base_config, recipe
 
 
 def get_config(arg=None):
@@ -17,4 +17,4 @@ def get_config(arg=None):
   c.data.val_split = "validation"
   c.data.crop_size = 256
   c.batch_size = 12
-  return make_small(c) if arg == "small" else c
+  return recipe(c, arg, __file__)

@@ -4,7 +4,7 @@
 Loss as the released model's config: disc_start 0, disc_weight 0.75, 2-layer discriminator.
 """
 
-from vqgan_jax.training.vqgan_config import base_config, make_small
+from vqgan_jax.training.vqgan_config import base_config, recipe
 
 
 def get_config(arg=None):
@@ -14,7 +14,6 @@ def get_config(arg=None):
   c.data.name = "imagenet2012"
   c.data.crop_size = 256
   c.batch_size = 12
-  if arg == "small":
-    c = make_small(c)
-    c.loss.update(dict(disc_start=0, disc_num_layers=2))
+  c = recipe(c, arg, __file__)
+  c.loss.update(dict(disc_start=0, disc_num_layers=2))  # the released D, in both variants
   return c

@@ -95,18 +95,18 @@ def init_host_state(setup, seed: int = 0):
   """
   import jax
   from vqgan_jax.training import vqgan_lib
-  from vqgan_jax.training.sharding import _path_str
+  from vqgan_jax.training.sharding import path_str
   abstract = jax.eval_shape(functools.partial(vqgan_lib.init_state, setup),
                             jax.random.PRNGKey(0))
   rng = np.random.default_rng(seed)
   fan_in = {}
   for path, a in jax.tree_util.tree_flatten_with_path(abstract)[0]:
-    name = _path_str(path)
+    name = path_str(path)
     if name.endswith("/kernel"):
       fan_in[name[:-len("kernel")]] = int(np.prod(a.shape[:-1]))
 
   def leaf(path, a):
-    name = _path_str(path)
+    name = path_str(path)
     group, last = name.split("/")[0], name.split("/")[-1]
     module = name[:-len(last)]
     if group not in ("ae_params", "d_params") or not np.issubdtype(a.dtype, np.floating):
@@ -137,18 +137,18 @@ def init_host_state(setup, seed: int = 0):
 def flatten(tree, prefix: str = "") -> dict:
   """{prefix + '/'-joined path: numpy array} for every leaf of a pytree."""
   import jax
-  from vqgan_jax.training.sharding import _path_str
-  return {prefix + _path_str(path): np.asarray(leaf)
+  from vqgan_jax.training.sharding import path_str
+  return {prefix + path_str(path): np.asarray(leaf)
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def unflatten_like(template, flat: dict, prefix: str = ""):
   """The pytree `template` with its leaves taken from `flatten(...)` output."""
   import jax
-  from vqgan_jax.training.sharding import _path_str
+  from vqgan_jax.training.sharding import path_str
   leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
   return jax.tree_util.tree_unflatten(
-      treedef, [np.asarray(flat[prefix + _path_str(p)]).astype(np.asarray(a).dtype)
+      treedef, [np.asarray(flat[prefix + path_str(p)]).astype(np.asarray(a).dtype)
                 for p, a in leaves])
 
 
@@ -252,7 +252,7 @@ def sharding_main(args):
       for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         spec = [str(s) for s in leaf.sharding.spec]
         if "fsdp" in spec:
-          sharded.append({"path": prefix + sharding_lib._path_str(path), "spec": spec,
+          sharded.append({"path": prefix + sharding_lib.path_str(path), "spec": spec,
                           "shape": list(leaf.shape),
                           "shard_shape": list(leaf.addressable_shards[0].data.shape)})
     result[name] = {

@@ -57,17 +57,6 @@ def _checked(data_cfg: Any) -> Any:
   return data_cfg
 
 
-def _local_batch(global_batch_size: int, process_index: int, process_count: int) -> int:
-  """global_batch_size // process_count, after checking the three arguments."""
-  if process_count < 1 or not 0 <= process_index < process_count:
-    raise ValueError(f"process_index={process_index} must be in [0, process_count="
-                     f"{process_count}).")
-  if global_batch_size < 1 or global_batch_size % process_count:
-    raise ValueError(f"global_batch_size={global_batch_size} must be a positive multiple "
-                     f"of process_count={process_count}.")
-  return global_batch_size // process_count
-
-
 def _prepared_dir(data_cfg: Any, workdir: Optional[str]) -> str:
   if data_cfg.prepared_dir:
     return data_cfg.prepared_dir
@@ -129,7 +118,7 @@ def _numpy_batches(ds, to_batch: Callable[[Any], Batch]) -> Iterator[Batch]:
 
 def _tf_batches(ds, preprocess: Callable, local_batch: int, drop_remainder: bool,
                 prefetch: int):
-  """tf.data: (position, bytes) records -> preprocessed images -> batches of local_batch."""
+  """tf.data: (position, {"image": bytes}) -> preprocessed images -> local batches."""
   tf = _tf()
   preprocess = tf.autograph.experimental.do_not_convert(preprocess)  # plain graph code
   ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -151,7 +140,7 @@ def create_train_iterator(data_cfg: Any, *, global_batch_size: int, seed: int,
   """
   data_cfg = _checked(data_cfg)
   _tf()
-  local_batch = _local_batch(global_batch_size, process_index, process_count)
+  local_batch = sources.local_batch_size(global_batch_size, process_index, process_count)
   if start_step < 0:
     raise ValueError(f"start_step={start_step} must be >= 0.")
   seed = int(seed) % 2**63
@@ -163,8 +152,9 @@ def create_train_iterator(data_cfg: Any, *, global_batch_size: int, seed: int,
   from vqgan_jax.data import preprocess as pp
   crop_size, flip = int(data_cfg.crop_size), bool(data_cfg.flip)
 
-  def preprocess(position, encoded):
-    return pp.preprocess_train(encoded, position, seed=seed, crop_size=crop_size, flip=flip)
+  def preprocess(position, example):
+    return pp.preprocess_train(example["image"], position, seed=seed, crop_size=crop_size,
+                               flip=flip)
 
   ds = _tf_batches(records, preprocess, local_batch, True, data_cfg.prefetch)
   return _numpy_batches(ds, lambda images: {"image": images})
@@ -184,7 +174,7 @@ def create_eval_iterator(data_cfg: Any, *, global_batch_size: int, process_index
   """
   data_cfg = _checked(data_cfg)
   _tf()
-  local_batch = _local_batch(global_batch_size, process_index, process_count)
+  local_batch = sources.local_batch_size(global_batch_size, process_index, process_count)
   source = _open(data_cfg, "eval", workdir)
   if source is None:
     raise ValueError("No validation data: set data.val_images, or data.name and "
@@ -194,9 +184,9 @@ def create_eval_iterator(data_cfg: Any, *, global_batch_size: int, process_index
   from vqgan_jax.data import preprocess as pp
   crop_size = int(data_cfg.crop_size)
 
-  def preprocess(position, encoded):
+  def preprocess(position, example):
     del position
-    return pp.preprocess_eval(encoded, crop_size=crop_size)
+    return pp.preprocess_eval(example["image"], crop_size=crop_size)
 
   ds = _tf_batches(records, preprocess, local_batch, False, data_cfg.prefetch)
   # Real examples come first in every local batch: steps before the last global batch

@@ -40,8 +40,10 @@ class TrainCheckpointer:
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     return out["state"], out["meta"]
 
-  def wait(self):
-    self.manager.wait_until_finished()
+  def restore_meta(self, step: int) -> Dict[str, Any]:
+    """The JSON `meta` item of checkpoint `step` alone (no arrays are read)."""
+    ocp = self._ocp
+    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
   def close(self):
     self.manager.wait_until_finished()

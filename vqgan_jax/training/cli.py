@@ -9,8 +9,9 @@ field that does not exist is an error naming it. Multi-host: pass
 where `jax.distributed.initialize()` finds its peers).
 """
 
+import os
 import sys
-from typing import Callable, List
+from typing import Any, Callable, Dict, List
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -27,8 +28,46 @@ def define_flags(default_config: str):
   flags.mark_flags_as_required(["workdir"])
 
 
+def print_summary(summary: Dict[str, Any], out=None) -> None:
+  """The paths a run wrote and its validation metrics, whatever the trainer."""
+  out = out or sys.stdout
+  for key in ("workdir", "checkpoints", "tensorboard", "image_grid", "model_dir"):
+    if summary.get(key):
+      print(f"{key + ':':<13} {summary[key]}", file=out)
+  for step, values in sorted(summary.get("val", {}).items(), key=lambda kv: int(kv[0])):
+    vals = ", ".join(f"{k.split('/')[-1]} {v:.4f}" for k, v in values.items()
+                     if not k.endswith("num_images"))
+    print(f"{'val ' + step + ':':<13} {vals}", file=out)
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with a flag error (a bad --config variant or field) shown as one
+  message instead of ml_collections' embedded traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if any(line.startswith("Traceback") for line in lines):
+      flag = lines[0].split(": Error whilst")[0]
+      lines = [flag + ": " + lines[-1].split(": ", 1)[-1]]
+    print("error: " + "\n  ".join(lines), file=sys.stderr)
+    sys.exit(2)
+  except (AttributeError, KeyError) as e:  # ml_collections: an override of no such field
+    what = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
+    print(f"error: a --config.* override names no field of the config: {what}", file=sys.stderr)
+    sys.exit(2)
+
+
 def run(default_config: str, validate: Callable[..., List[str]], train: Callable):
-  """Parses flags, starts jax.distributed if asked, validates the config, trains."""
+  """Parses flags, starts jax.distributed if asked, validates the config, trains.
+
+  `default_config` is resolved relative to the calling script, not the current
+  directory. Bad configs exit with status 2, a run that cannot go on (resume
+  mismatch, bad init_from, non-finite loss) with status 1, each with one message.
+  """
+  if not os.path.isabs(default_config):
+    script_dir = os.path.dirname(os.path.abspath(sys.argv[0]))
+    default_config = os.path.join(script_dir, default_config)
   define_flags(default_config)
 
   def main(argv):
@@ -47,15 +86,13 @@ def run(default_config: str, validate: Callable[..., List[str]], train: Callable
             file=sys.stderr)
       sys.exit(2)
     logging.info("devices: %s; processes: %d", jax.devices(), jax.process_count())
-    summary = train(config, FLAGS.workdir)
+    from vqgan_jax.training.loop import TrainingError
+    try:
+      summary = train(config, FLAGS.workdir)
+    except TrainingError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(1)
     if jax.process_index() == 0:
-      print(f"workdir:      {summary['workdir']}")
-      for key in ("checkpoints", "tensorboard", "image_grid", "model_dir"):
-        if summary.get(key):
-          print(f"{key + ':':<13} {summary[key]}")
-      for key in ("val_before", "val_after"):
-        if summary.get(key):
-          vals = ", ".join(f"{k.split('/')[-1]} {v:.4f}" for k, v in summary[key].items())
-          print(f"{key + ':':<13} {vals}")
+      print_summary(summary)
 
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -38,7 +38,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def _path_str(path) -> str:
+def path_str(path) -> str:
   parts = []
   for k in path:
     parts.append(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))))
@@ -64,7 +64,7 @@ def infer_shardings(tree, mesh: Mesh, rules=DEFAULT_RULES):
   fsdp_size = mesh.shape["fsdp"]
   compiled = [(re.compile(pattern), rule) for pattern, rule in rules]
   def one(path, leaf):
-    name = _path_str(path)
+    name = path_str(path)
     shape = tuple(getattr(leaf, "shape", ()))
     for pattern, rule in compiled:
       if pattern.fullmatch(name):

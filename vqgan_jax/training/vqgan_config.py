@@ -1,4 +1,4 @@
-"""The VQGAN training config: every field with its default, and its validation.
+"""The VQGAN training config: its own fields on top of config_lib's, and their checks.
 
 Recipes in `configs/*.py` start from `base_config()` and override fields; any field
 can be overridden on the command line (`--config.loss.disc_start=1000`).
@@ -12,11 +12,13 @@ import ml_collections
 
 from vqgan_jax import losses
 from vqgan_jax.nn.vqgan import VQGANConfig
+from vqgan_jax.training import config_lib
 
 
 def base_config() -> ml_collections.ConfigDict:
+  """The generic fields (config_lib.base_config) plus the VQGAN's own."""
   from vqgan_jax.data.config import default_data_config
-  c = ml_collections.ConfigDict()
+  c = config_lib.base_config()
   # The first-stage model: taming's ddconfig + quantizer fields (VQGANConfig).
   # Tuples, not lists: ml_collections only overrides tuples from the command line.
   c.model = ml_collections.ConfigDict(dataclasses.asdict(VQGANConfig()))
@@ -26,7 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
       codebook_weight=1.0,
       disc_factor=1.0,
       disc_weight=0.8,
-      perceptual_weight=1.0,
+      perceptual_weight=1.0,       # 0: no LPIPS term (and no VGG16 in the step)
       disc_loss="hinge",           # or "vanilla"
       lpips_dropout_in_train=True,  # taming trains with LPIPS' dropout active
       adaptive_weight=True,        # False: a fixed GAN weight = disc_weight
@@ -37,38 +39,25 @@ def base_config() -> ml_collections.ConfigDict:
   ))
   # Adam for both networks, as taming: lr = base_learning_rate * global batch size
   # (taming multiplies by GPUs x per-GPU batch x accumulation: the same number).
-  c.optim = ml_collections.ConfigDict(dict(
-      base_learning_rate=4.5e-6,
-      learning_rate=-1.0,          # > 0 overrides the product above
-      b1=0.5,
-      b2=0.9,
-      accum_steps=1,               # micro-batches per global batch (gradient accumulation)
-  ))
+  c.optim.update(dict(base_learning_rate=4.5e-6, b1=0.5, b2=0.9))
   c.data = default_data_config()
-  c.batch_size = 12                # global batch, all processes together
-  c.total_steps = 100000
-  c.seed = 23                      # taming's default seed
-  c.dtype = "float32"              # compute dtype: float32 or bfloat16 (params stay fp32)
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
   c.dead_code_restart_every = 0    # > 0: re-draw unused codes from the batch every N steps
   # Gumbel temperature schedule (taming's LambdaWarmUpCosineScheduler; GumbelVQ only).
   c.gumbel_temperature = ml_collections.ConfigDict(dict(
       warm_up_steps=0, max_decay_steps=1000001, start=0.9, max=0.9, min=1e-6))
-  c.init_from = ""                 # model dir or taming .ckpt to start from (fine-tuning)
-  c.log_every = 50
   c.image_every = 750              # input | reconstruction grid (taming's ImageLogger)
-  c.num_images = 8
-  c.eval_every = 2000              # validation over the whole validation split
-  c.ckpt_every = 1000
-  c.keep_ckpts = 3
-  c.compilation_cache_dir = ""
   return c
 
 
+# What a resume must find unchanged, beyond config_lib.RESUME_FIELDS.
+RESUME_FIELDS = config_lib.RESUME_FIELDS + (
+    "model", "loss.disc_ndf", "loss.disc_num_layers", "data.name", "data.train_split",
+    "data.train_images", "data.crop_size", "data.flip", "dead_code_restart_every")
+
+
 def learning_rate(config) -> float:
-  if config.optim.learning_rate > 0:
-    return float(config.optim.learning_rate)
-  return float(config.optim.base_learning_rate) * int(config.batch_size)
+  """optim.learning_rate if set, else taming's base_learning_rate x global batch."""
+  return config_lib.learning_rate(config, config.optim.base_learning_rate)
 
 
 def model_config(config) -> VQGANConfig:
@@ -81,9 +70,9 @@ def loss_config(config) -> losses.LossConfig:
 
 
 def validate_config(config, num_devices: int = 1, process_count: int = 1) -> List[str]:
-  """One message per bad field, naming it and what was expected."""
+  """One message per bad field (generic and VQGAN's), naming it and what was expected."""
   from vqgan_jax.data.config import validate_data_config
-  errors = []
+  errors = config_lib.validate_base(config, num_devices, process_count)
   try:
     mc = model_config(config)
     errors += [f"model.{e}" for e in mc.validate()]
@@ -95,9 +84,8 @@ def validate_config(config, num_devices: int = 1, process_count: int = 1) -> Lis
   if lc.disc_loss not in losses.D_LOSSES:
     errors.append(f"loss.disc_loss: expected one of {sorted(losses.D_LOSSES)}, got "
                   f"{lc.disc_loss!r}")
-  for name in ("disc_start",):
-    if int(lc[name]) < 0:
-      errors.append(f"loss.{name}: expected >= 0, got {lc[name]}")
+  if int(lc.disc_start) < 0:
+    errors.append(f"loss.disc_start: expected >= 0, got {lc.disc_start}")
   for name in ("codebook_weight", "disc_factor", "disc_weight", "perceptual_weight"):
     if float(lc[name]) < 0:
       errors.append(f"loss.{name}: expected a non-negative weight, got {lc[name]}")
@@ -108,50 +96,37 @@ def validate_config(config, num_devices: int = 1, process_count: int = 1) -> Lis
     errors.append("loss.use_actnorm: training an ActNorm discriminator is not supported yet "
                   "(its data-dependent init is not wired into the train step); use BatchNorm "
                   "(False). Converting ActNorm checkpoints works.")
-  if config.dtype not in ("float32", "bfloat16"):
-    errors.append(f"dtype: expected 'float32' or 'bfloat16', got {config.dtype!r}")
-  b, k = int(config.batch_size), int(config.optim.accum_steps)
-  if b < 1:
-    errors.append(f"batch_size: expected a positive global batch size, got {b}")
-  elif k < 1 or b % k:
-    errors.append(f"optim.accum_steps: expected a positive divisor of batch_size {b}, got {k}")
-  elif (b // k) % num_devices:
-    errors.append(f"batch_size: each micro-batch (batch_size / accum_steps = {b // k}) must "
-                  f"split evenly over the {num_devices} devices")
-  if b % process_count:
-    errors.append(f"batch_size: {b} must be a multiple of the {process_count} processes")
   if mc is not None and int(config.data.crop_size) % mc.downsample_factor:
     errors.append(f"data.crop_size: {config.data.crop_size} must be a multiple of the model's "
                   f"downsampling factor {mc.downsample_factor}")
   if config.optim.learning_rate <= 0 and config.optim.base_learning_rate <= 0:
     errors.append("optim.base_learning_rate: expected > 0 (or set optim.learning_rate)")
-  for name in ("total_steps", "log_every", "image_every", "eval_every", "ckpt_every",
-               "keep_ckpts"):
-    if int(config[name]) < 1:
-      errors.append(f"{name}: expected a positive integer, got {config[name]}")
   if int(config.dead_code_restart_every) < 0:
     errors.append(f"dead_code_restart_every: expected >= 0, got {config.dead_code_restart_every}")
-  if config.init_from:
-    import os
-    if not os.path.exists(config.init_from):
-      errors.append(f"init_from: {config.init_from} does not exist (expected a model directory "
-                    "or a taming .ckpt)")
-  if config.mesh.fsdp < 1 or (config.mesh.data != -1 and config.mesh.data < 1):
-    errors.append(f"mesh: expected data = -1 or >= 1 and fsdp >= 1, got {config.mesh.to_dict()}")
   return errors
+
+
+VARIANTS = ("small",)
+
+
+def recipe(c: ml_collections.ConfigDict, arg, where: str) -> ml_collections.ConfigDict:
+  """`c`, or its `:small` variant; any other variant is an error naming the known ones."""
+  return make_small(c) if config_lib.parse_variant(arg, VARIANTS, where) == "small" else c
 
 
 def make_small(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The `:small` variant of any recipe: same objective, a model that trains on 2 CPU cores.
 
-  f4 (ch 32, ch_mult 1,2,2), 32x32 crops, batch 8, a 2-layer ndf-16 discriminator and a
-  learning rate suited to a few hundred steps; the quantizer kind stays the recipe's.
+  f4 (ch 32, ch_mult 1,2,2), 32x32 crops, batch 8, a 2-layer ndf-16 discriminator that
+  joins at step 300 of 600 (so the main job trains the whole objective, adaptive weight
+  included) and a learning rate suited to a few hundred steps; the quantizer kind stays
+  the recipe's.
   """
   quantizer = c.model.quantizer
   c.model.update(dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,),
                       resolution=32, z_channels=32, embed_dim=32, n_embed=128))
   c.model.quantizer = quantizer
-  c.loss.update(dict(disc_start=1000, disc_ndf=16, disc_num_layers=2))
+  c.loss.update(dict(disc_start=300, disc_ndf=16, disc_num_layers=2))
   c.data.crop_size = 32
   c.batch_size = 8
   c.optim.learning_rate = 4e-4

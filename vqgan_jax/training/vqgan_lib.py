@@ -14,14 +14,16 @@ from typing import Any, Callable, Dict, Optional
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from vqgan_jax import losses
+from vqgan_jax import metrics as metrics_lib
 from vqgan_jax.nn.discriminator import NLayerDiscriminator
 from vqgan_jax.nn.lpips import LPIPS
-from vqgan_jax.nn.vqgan import VQGANConfig, VQModel, conv_out_apply
+from vqgan_jax.nn.vqgan import VQModel, conv_out_apply
+from vqgan_jax.training import accumulation
 from vqgan_jax.training import sharding as sharding_lib
+from vqgan_jax.training import steps as steps_lib
 
 
 @flax.struct.dataclass
@@ -41,13 +43,14 @@ class VQGANTrainSetup:
   """Everything static the steps need, built once from the config."""
   model: VQModel
   disc: NLayerDiscriminator
-  lpips: LPIPS
+  lpips: Optional[LPIPS]          # None when loss.perceptual_weight is 0 (no VGG16 at all)
   loss: losses.LossConfig
   tx_ae: optax.GradientTransformation
   tx_d: optax.GradientTransformation
   seed: int
   image_size: int
   accum_steps: int = 1
+  accum_unroll: bool = True       # micro-batches unrolled (True) or in a lax.scan
   dead_code_restart_every: int = 0
   temperature: Optional[Callable] = None   # step -> Gumbel temperature
 
@@ -65,6 +68,31 @@ def gumbel_temperature_schedule(warm_up_steps, max_decay_steps, start, maximum, 
     cos = minimum + 0.5 * (maximum - minimum) * (1 + jnp.cos(t * jnp.pi))
     return jnp.where(step < warm_up_steps, warm, cos)
   return fn
+
+
+def build_setup(config) -> VQGANTrainSetup:
+  """The setup a training config describes (trainer, benchmark and tests use this)."""
+  from vqgan_jax.training import vqgan_config
+  dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+  mc = vqgan_config.model_config(config)
+  lr = vqgan_config.learning_rate(config)
+  o = config.optim
+  adam = lambda: optax.adam(lr, b1=o.b1, b2=o.b2, eps=o.eps)
+  temperature = None
+  if mc.quantizer == "gumbel":
+    t = config.gumbel_temperature
+    temperature = gumbel_temperature_schedule(t.warm_up_steps, t.max_decay_steps, t.start,
+                                              t.max, t.min)
+  loss = vqgan_config.loss_config(config)
+  return VQGANTrainSetup(
+      model=VQModel(mc, dtype=dtype),
+      disc=NLayerDiscriminator(input_nc=mc.out_ch, ndf=config.loss.disc_ndf,
+                               n_layers=config.loss.disc_num_layers,
+                               use_actnorm=config.loss.use_actnorm, dtype=dtype),
+      lpips=LPIPS(dtype=dtype) if loss.perceptual_weight > 0 else None, loss=loss,
+      tx_ae=adam(), tx_d=adam(), seed=int(config.seed), image_size=int(config.data.crop_size),
+      accum_steps=int(o.accum_steps), accum_unroll=o.accum_loop == "unrolled",
+      dead_code_restart_every=int(config.dead_code_restart_every), temperature=temperature)
 
 
 def init_state(setup: VQGANTrainSetup, rng, init_variables: Optional[Dict] = None):
@@ -85,26 +113,6 @@ def init_state(setup: VQGANTrainSetup, rng, init_variables: Optional[Dict] = Non
       ae_opt_state=setup.tx_ae.init(ae_params), model_state=ae_vars, d_params=d_params,
       d_state=d_vars, d_opt_state=setup.tx_d.init(d_params),
       code_usage=jnp.zeros((setup.n_codes,), jnp.int32))
-
-
-def _microbatches(batch, k: int):
-  """[B, ...] -> [k, B/k, ...], strided (micro-batch i takes rows i, i+k, ...), so that
-  every micro-batch stays spread over all devices of the data axes."""
-  return jax.tree_util.tree_map(
-      lambda a: a.reshape((a.shape[0] // k, k) + a.shape[1:]).swapaxes(0, 1), batch)
-
-
-def _scan(body, carry, xs, length: int):
-  """Like lax.scan over the micro-batches, unrolled.
-
-  XLA's CPU backend runs convolutions inside a while loop about 10x slower than at top
-  level, and accumulation uses few micro-batches, so the loop is unrolled at trace time.
-  """
-  outs = []
-  for i in range(length):
-    carry, out = body(carry, jax.tree_util.tree_map(lambda a: a[i], xs))
-    outs.append(out)
-  return carry, jax.tree_util.tree_map(lambda *a: jnp.stack(a), *outs)
 
 
 def _dead_code_restart(setup, code_usage, ae_params, model_state, latents, rng):
@@ -132,7 +140,7 @@ def train_step(setup: VQGANTrainSetup, state: VQGANTrainState, lpips_params, bat
   step = state.step
   rng = jax.random.fold_in(jax.random.PRNGKey(setup.seed), step)
   k = setup.accum_steps
-  micro = _microbatches(batch, k)
+  micro = accumulation.microbatches(batch, k)
   quant_kw = {}
   if setup.model.config.quantizer == "gumbel":
     quant_kw["temperature"] = setup.temperature(step) if setup.temperature else 1.0
@@ -150,30 +158,30 @@ def train_step(setup: VQGANTrainSetup, state: VQGANTrainState, lpips_params, bat
       return setup.disc.apply(dict(d_state, params=state.d_params), r, train=True,
                               mutable=disc_mutable)
     lpips_train = setup.loss.lpips_dropout_in_train
-    lpips_fn = lambda a, b: setup.lpips.apply(lpips_params, a, b, train=lpips_train,
-                                              rngs={"dropout": r_lpips})
+    lpips_fn = None if setup.lpips is None else (
+        lambda a, b: setup.lpips.apply(lpips_params, a, b, train=lpips_train,
+                                       rngs={"dropout": r_lpips}))
     conv_out = functools.partial(conv_out_apply, dtype=setup.model.dtype)
     loss, logs = losses.generator_loss(x, feats, ae_params["decoder"]["conv_out"], conv_out,
                                        qloss, lpips_fn, disc_fn, step, setup.loss)
     new_model_state = dict(model_state, **new_model)
     return loss, (logs, new_model_state, info)
 
-  def ae_micro(carry, xs):
-    grads, model_state, d_state = carry
+  def ae_grad(params, carry, xs):
+    model_state, d_state = carry
     x, r = xs
     (_, (logs, model_state, info)), g = jax.value_and_grad(ae_loss, has_aux=True)(
-        state.ae_params, model_state, d_state, x, r)
+        params, model_state, d_state, x, r)
     d_state = dict(d_state, **logs["disc_aux"])
-    grads = jax.tree_util.tree_map(jnp.add, grads, g)
     out = (logs["scalars"], jax.lax.stop_gradient(logs["x_rec"]), info["code_counts"],
            info["perplexity"], info["prequant"])
-    return (grads, model_state, d_state), out
+    return g, (model_state, d_state), out
 
+  unroll = setup.accum_unroll
   rngs = jax.random.split(jax.random.fold_in(rng, 0), k)
-  zeros = jax.tree_util.tree_map(jnp.zeros_like, state.ae_params)
-  (ae_grads, model_state, d_state), (g_logs, x_rec, counts, perplexity, latents) = _scan(
-      ae_micro, (zeros, state.model_state, state.d_state), (micro["image"], rngs), k)
-  ae_grads = jax.tree_util.tree_map(lambda g: g / k, ae_grads)
+  ae_grads, (model_state, d_state), (g_logs, x_rec, counts, perplexity, latents) = (
+      accumulation.accumulate_gradients(ae_grad, state.ae_params, (micro["image"], rngs), k,
+                                        unroll, carry=(state.model_state, state.d_state)))
   updates, ae_opt_state = setup.tx_ae.update(ae_grads, state.ae_opt_state, state.ae_params)
   ae_params = optax.apply_updates(state.ae_params, updates)
 
@@ -184,15 +192,12 @@ def train_step(setup: VQGANTrainSetup, state: VQGANTrainState, lpips_params, bat
     loss, logs = losses.discriminator_loss(real, fake, step, setup.loss)
     return loss, (logs, dict(d_state, **new))
 
-  def d_micro(carry, xs):
-    grads, d_state = carry
-    (_, (logs, d_state)), g = jax.value_and_grad(d_loss, has_aux=True)(
-        state.d_params, d_state, *xs)
-    return (jax.tree_util.tree_map(jnp.add, grads, g), d_state), logs
+  def d_grad(params, d_state, xs):
+    (_, (logs, d_state)), g = jax.value_and_grad(d_loss, has_aux=True)(params, d_state, *xs)
+    return g, d_state, logs
 
-  zeros = jax.tree_util.tree_map(jnp.zeros_like, state.d_params)
-  (d_grads, d_state), d_logs = _scan(d_micro, (zeros, d_state), (micro["image"], x_rec), k)
-  d_grads = jax.tree_util.tree_map(lambda g: g / k, d_grads)
+  d_grads, d_state, d_logs = accumulation.accumulate_gradients(
+      d_grad, state.d_params, (micro["image"], x_rec), k, unroll, carry=d_state)
   updates, d_opt_state = setup.tx_d.update(d_grads, state.d_opt_state, state.d_params)
   d_params = optax.apply_updates(state.d_params, updates)
 
@@ -218,29 +223,36 @@ def train_step(setup: VQGANTrainSetup, state: VQGANTrainState, lpips_params, bat
 
 
 def eval_step(setup: VQGANTrainSetup, state: VQGANTrainState, lpips_params, batch):
-  """Sums over the real images of {"image", "mask"}: L1, LPIPS, PSNR, count, code counts."""
+  """Sums over the real images of {"image", "mask"}: L1, PSNR, SSIM (images of 11 px and
+  more), LPIPS (when the setup has it), count, and code counts int32[n_codes]."""
   x, mask = batch["image"], batch["mask"].astype(jnp.float32)
   variables = dict(state.model_state, params=state.ae_params)
   x_rec, _, info = setup.model.apply(variables, x, train=False,
                                      rngs={"remap": jax.random.PRNGKey(0)})
   x_rec = jnp.clip(x_rec, -1.0, 1.0)
   l1 = jnp.mean(jnp.abs(x - x_rec), axis=(1, 2, 3))
-  p = setup.lpips.apply(lpips_params, x, x_rec)
-  mse = jnp.mean(((x - x_rec) / 2.0) ** 2, axis=(1, 2, 3))
-  psnr = 10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-10))
   one_hot_counts = jax.vmap(lambda i: jnp.bincount(i.ravel(), length=setup.n_codes))(
       info["indices"])
-  return {"l1": jnp.sum(l1 * mask), "lpips": jnp.sum(p * mask), "psnr": jnp.sum(psnr * mask),
-          "count": jnp.sum(mask),
-          "code_counts": jnp.sum(one_hot_counts * mask[:, None].astype(jnp.int32), axis=0)}
+  out = {"l1": jnp.sum(l1 * mask), "psnr": jnp.sum(metrics_lib.psnr(x, x_rec) * mask),
+         "count": jnp.sum(mask),
+         "code_counts": jnp.sum(one_hot_counts * mask[:, None].astype(jnp.int32), axis=0)}
+  if min(x.shape[1:3]) >= 11:  # SSIM's 11 x 11 Gaussian window fits
+    out["ssim"] = jnp.sum(metrics_lib.ssim(x, x_rec) * mask)
+  if setup.lpips is not None:
+    out["lpips"] = jnp.sum(setup.lpips.apply(lpips_params, x, x_rec) * mask)
+  return out
 
 
 def reconstruct(setup: VQGANTrainSetup, state: VQGANTrainState, images):
-  """Deterministic reconstructions float32[B, S, S, C] for image grids."""
+  """(images, deterministic reconstructions) float32[B, S, S, C], for image grids.
+
+  The inputs come back too: with replicated outputs, every process then holds the
+  whole grid, whichever process fed which rows.
+  """
   variables = dict(state.model_state, params=state.ae_params)
   rec, _, _ = setup.model.apply(variables, images, train=False,
                                 rngs={"remap": jax.random.PRNGKey(0)})
-  return jnp.clip(rec, -1.0, 1.0)
+  return images, jnp.clip(rec, -1.0, 1.0)
 
 
 class CompiledSteps:
@@ -248,17 +260,19 @@ class CompiledSteps:
 
   def __init__(self, setup: VQGANTrainSetup, mesh, rules=sharding_lib.DEFAULT_RULES):
     self.setup, self.mesh = setup, mesh
-    abstract = jax.eval_shape(functools.partial(init_state, setup), jax.random.PRNGKey(0))
-    self.state_sharding = sharding_lib.infer_shardings(abstract, mesh, rules)
-    x = jnp.zeros((1, 16, 16, 3))
-    lp_abstract = jax.eval_shape(lambda: setup.lpips.init(jax.random.PRNGKey(0), x, x))
-    self.lpips_sharding = sharding_lib.infer_shardings(lp_abstract, mesh, rules)
+    self._init = functools.partial(init_state, setup)
+    abstract = steps_lib.abstract_state(self._init)
+    self.state_sharding = steps_lib.state_shardings(abstract, mesh, rules)
+    self.abstract_state = steps_lib.abstract_state(self._init, self.state_sharding)
+    self.lpips_sharding = None
+    if setup.lpips is not None:
+      x = jnp.zeros((1, 16, 16, 3))
+      lp_abstract = jax.eval_shape(lambda: setup.lpips.init(jax.random.PRNGKey(0), x, x))
+      self.lpips_sharding = sharding_lib.infer_shardings(lp_abstract, mesh, rules)
     batch_sh = sharding_lib.batch_sharding(mesh)
     repl = sharding_lib.replicated(mesh)
-    self.train = jax.jit(functools.partial(train_step, setup),
-                         in_shardings=(self.state_sharding, self.lpips_sharding,
-                                       {"image": batch_sh}),
-                         out_shardings=(self.state_sharding, repl), donate_argnums=(0,))
+    self.train = steps_lib.jit_train_step(functools.partial(train_step, setup),
+                                          self.state_sharding, mesh, (self.lpips_sharding,))
     self.eval = jax.jit(functools.partial(eval_step, setup),
                         in_shardings=(self.state_sharding, self.lpips_sharding,
                                       {"image": batch_sh, "mask": batch_sh}),
@@ -269,10 +283,11 @@ class CompiledSteps:
   def init(self, rng, init_variables=None):
     """A sharded fresh state (optimizer scalars included, so step 2 does not recompile)."""
     if init_variables is None:
-      return jax.jit(functools.partial(init_state, self.setup),
-                     out_shardings=self.state_sharding)(rng)
-    state = init_state(self.setup, rng, init_variables)
-    return jax.device_put(state, self.state_sharding)
+      return steps_lib.init_sharded(self._init, rng, self.state_sharding)
+    return jax.device_put(init_state(self.setup, rng, init_variables), self.state_sharding)
 
   def put_lpips(self, lpips_variables):
+    """LPIPS weights on the mesh (None when the setup has no LPIPS term)."""
+    if self.setup.lpips is None:
+      return None
     return jax.device_put(lpips_variables, self.lpips_sharding)
