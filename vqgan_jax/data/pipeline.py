@@ -189,12 +189,11 @@ def create_eval_iterator(data_cfg: Any, *, global_batch_size: int, process_index
     return pp.preprocess_eval(example["image"], crop_size=crop_size)
 
   ds = _tf_batches(records, preprocess, local_batch, False, data_cfg.prefetch)
-  # Real examples come first in every local batch: steps before the last global batch
-  # are full; the last one holds clip(n - first, 0, B) real examples on each process.
-  # A process with none left gets no element from tf.data, hence the empty dataset.
-  steps = -(-n // global_batch_size)
-  real = [int(np.clip(n - (s * global_batch_size + process_index * local_batch), 0,
-                      local_batch)) for s in range(steps)]
+  # Real examples come first in every local batch (`sources.eval_steps`): steps before
+  # the last global batch are full; in the last one a process may have none left, and
+  # then gets no element from tf.data, hence the empty dataset.
+  real = [positions.size for positions in
+          sources.eval_steps(n, global_batch_size, local_batch, process_index)]
   tf = _tf()
   empty = tf.zeros((0, crop_size, crop_size, 3), tf.float32)
   ds = ds.concatenate(tf.data.Dataset.from_tensors(empty).repeat(real.count(0)))
