@@ -78,6 +78,7 @@ def test_two_processes_train_like_one(tmp_path):
     assert (r["devices"], r["local_devices"]) == (4, 2)
     assert r["rows"] == [4 * i, 4 * i + 4]  # each process fed its own half
     assert r["cache_size"] == 1
+    assert r["grid_gathered"]  # image grids see the rows of both processes
   assert reports[0]["ae_param_checksum"] == reports[1]["ae_param_checksum"]
   assert reports[0]["metrics"] == reports[1]["metrics"]
   # Each process's own copy of every state leaf, before and after every step, and every

@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 import training_worker as W
-from vqgan_jax.nn.lpips import load_pretrained_lpips
 from vqgan_jax.training import sharding as sharding_lib
 from vqgan_jax.training import vqgan_lib
 
@@ -66,11 +65,11 @@ def test_fsdp_mesh_shards_params(sharding_run):
   assert sharding_run["data8"]["fsdp_sharded"] == []
   sharded = sharding_run["data4_fsdp2"]["fsdp_sharded"]
   paths = {s["path"] for s in sharded}
-  # AE params with their Adam moments, D params and LPIPS weights are all split.
+  # AE params with their Adam moments and D params are all split.
   for path in ("state/ae_params/decoder/conv_in/kernel",
                "state/ae_opt_state/0/mu/decoder/conv_in/kernel",
                "state/ae_params/quantize/embedding/embedding",
-               "state/d_params/main_2/kernel", "lpips/params/net/slice1_0/kernel"):
+               "state/d_params/main_2/kernel"):
     assert path in paths, path
   for s in sharded:
     i = s["spec"].index("fsdp")
@@ -81,25 +80,20 @@ def test_fsdp_mesh_shards_params(sharding_run):
 # Gradient accumulation: accum_steps=2 vs 1 on the same global batch, one device.
 
 
-@pytest.fixture(scope="module")
-def lpips_host():
-  return load_pretrained_lpips()
-
-
-def _step_pair(lpips_host, host_state=None, **setup_kw):
+def _step_pair(host_state=None, **setup_kw):
   """{accum_steps: (flat state, metrics, flat initial state)} after one step on fake_batch(0).
 
-  Without LPIPS (perceptual_weight 0): like L1 it is a mean of per-example terms, so it
-  adds nothing to what accumulation must get right, but it doubles the compile time;
-  and its dropout would draw different masks per microbatch (its rng is split per
-  microbatch), which makes accum_steps 2 and 1 incomparable.
+  Without LPIPS (tiny_config's perceptual_weight 0): like L1 it is a mean of per-example
+  terms, so it adds nothing to what accumulation must get right, but it doubles the
+  compile time; and its dropout would draw different masks per microbatch (its rng is
+  split per microbatch), which makes accum_steps 2 and 1 incomparable.
   """
   out = {}
   for k in (1, 2):
-    setup = W.tiny_setup(accum_steps=k, perceptual_weight=0.0, **setup_kw)
+    setup = W.tiny_setup(accum_steps=k, **setup_kw)
     state = W.init_host_state(setup) if host_state is None else host_state(setup)
     steps = vqgan_lib.CompiledSteps(setup, sharding_lib.make_mesh(devices=jax.devices()[:1]))
-    new, metrics = W.one_step(steps, state, steps.put_lpips(lpips_host), W.fake_batch(0))
+    new, metrics = W.one_step(steps, state, None, W.fake_batch(0))
     out[k] = (W.flatten(new), metrics, W.flatten(state))
   return out
 
@@ -109,12 +103,12 @@ def _initialized_actnorm(setup):
   return state.replace(d_state=jax.tree_util.tree_map(np.ones_like, state.d_state))
 
 
-def test_accumulation_gan_active_equals_full_batch(lpips_host):
+def test_accumulation_gan_active_equals_full_batch():
   """disc_start=0 with an ActNorm D (initialised: no batch statistics) and a fixed GAN
   weight: every loss term is a mean over examples, so the average of two half-batch
   gradients is the full-batch gradient, for the AE and for the D update. Everything
   but the perplexity (a per-microbatch statistic) must match."""
-  pair = _step_pair(lpips_host, _initialized_actnorm, disc_start=0, adaptive_weight=False,
+  pair = _step_pair(_initialized_actnorm, disc_start=0, adaptive_weight=False,
                     use_actnorm=True)
   (s1, m1, init), (s2, m2, _) = pair[1], pair[2]
   changed = W._group_change(s1, init)
@@ -131,13 +125,13 @@ def test_accumulation_gan_active_equals_full_batch(lpips_host):
   _check(W.compare(m2, m1), "accum 2 vs 1 metrics")
 
 
-def test_accumulation_taming_disc_before_disc_start(lpips_host):
+def test_accumulation_taming_disc_before_disc_start():
   """taming's BatchNorm D, adaptive weight, disc_start=1000 (GAN terms weighted by 0):
   D's batch statistics and the adaptive weight differ per microbatch but reach the
   AE update only through a factor 0, so the AE update, the (zero) D update, code
   counts and the mean-of-examples metrics must match; D's running statistics must not
   (they are updated once per microbatch)."""
-  pair = _step_pair(lpips_host, disc_start=1000)
+  pair = _step_pair(disc_start=1000)
   (s1, m1, init), (s2, m2, _) = pair[1], pair[2]
   assert m1["disc_factor"] == 0.0
   same = {k: v for k, v in s1.items() if not k.startswith("d_state/")}

@@ -19,7 +19,8 @@ Steps are compared from the same input state: a chained run is not comparable at
 because the loss is discontinuous (nearest-code argmin) and ill-conditioned (the
 adaptive GAN weight): a 1e-6 change of the AE params moved step-2 gradients by up to
 5e-2 in a probe, so the 1e-7 rounding differences of a first step can grow past 1e-5.
-The tiny model (ch 32, ch_mult (1, 2), 16x16 images, batch 8) keeps XLA compiles short.
+The tiny model (ch 32, ch_mult (1, 2), 16x16 images, batch 8, no LPIPS) keeps XLA
+compiles short.
 """
 
 import argparse
@@ -36,8 +37,10 @@ TINY_SIZE = 16
 ATOL = RTOL = 1e-5
 
 
-def tiny_setup(accum_steps: int = 1, use_actnorm: bool = False, **loss_kw):
-  """The tiny VQGANTrainSetup (real LPIPS module, taming's D at ndf 16, 2 layers).
+def tiny_config(accum_steps: int = 1, use_actnorm: bool = False, **loss_kw):
+  """The tiny training config: ch 32, ch_mult (1, 2), 16x16 images, taming's D at ndf 16
+  and 2 layers, no LPIPS term (its parity is tested in tests/nn/test_lpips.py and the
+  CLI smoke test; here it would only double the compile time).
 
   Adam here has eps=1e-3 (taming: 1e-8). Some parameters have an exactly zero gradient
   (a conv bias before a one-channel GroupNorm group, attention key biases under the
@@ -47,22 +50,24 @@ def tiny_setup(accum_steps: int = 1, use_actnorm: bool = False, **loss_kw):
   as sensitive to its gradient as the gradient itself, and comparisons at 1e-5 test
   the step, not Adam's amplification of noise.
   """
-  import optax
-  from vqgan_jax import losses
-  from vqgan_jax.nn.discriminator import NLayerDiscriminator
-  from vqgan_jax.nn.lpips import LPIPS
-  from vqgan_jax.nn.vqgan import VQGANConfig, VQModel
+  from vqgan_jax.training import vqgan_config
+  c = vqgan_config.base_config()
+  c.model.update(dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,),
+                      resolution=TINY_SIZE, z_channels=8, embed_dim=8, n_embed=32))
+  c.loss.update(dict(disc_start=0, disc_weight=0.8, disc_ndf=16, disc_num_layers=2,
+                     use_actnorm=use_actnorm, perceptual_weight=0.0))
+  c.loss.update(loss_kw)
+  c.optim.update(dict(learning_rate=1e-3, b1=0.5, b2=0.9, eps=1e-3, accum_steps=accum_steps))
+  c.data.crop_size = TINY_SIZE
+  c.batch_size = TINY_BATCH
+  c.seed = 0
+  return c
+
+
+def tiny_setup(accum_steps: int = 1, use_actnorm: bool = False, **loss_kw):
+  """vqgan_lib.build_setup of `tiny_config`."""
   from vqgan_jax.training import vqgan_lib
-  cfg = VQGANConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,),
-                    resolution=TINY_SIZE, z_channels=8, embed_dim=8, n_embed=32)
-  loss = dict(disc_start=0, disc_weight=0.8)
-  loss.update(loss_kw)
-  return vqgan_lib.VQGANTrainSetup(
-      model=VQModel(cfg), disc=NLayerDiscriminator(ndf=16, n_layers=2, use_actnorm=use_actnorm),
-      lpips=LPIPS(), loss=losses.LossConfig(**loss),
-      tx_ae=optax.adam(1e-3, b1=0.5, b2=0.9, eps=1e-3),
-      tx_d=optax.adam(1e-3, b1=0.5, b2=0.9, eps=1e-3),
-      seed=0, image_size=TINY_SIZE, accum_steps=accum_steps)
+  return vqgan_lib.build_setup(tiny_config(accum_steps, use_actnorm, **loss_kw))
 
 
 def fake_batch(step: int, batch: int = TINY_BATCH) -> np.ndarray:
@@ -214,14 +219,13 @@ def _group_change(after: dict, before: dict) -> dict:
 def sharding_main(args):
   """Single device vs ("data", 8) vs ("data", 4) x ("fsdp", 2); GAN terms and D active."""
   import jax
-  from vqgan_jax.nn.lpips import load_pretrained_lpips
   from vqgan_jax.training import sharding as sharding_lib
   from vqgan_jax.training import vqgan_lib
   if jax.device_count() != 8:
     raise SystemExit(f"expected 8 devices (XLA_FLAGS), got {jax.device_count()}")
   setup = tiny_setup(disc_start=0)
   host0 = init_host_state(setup)
-  lpips_host = load_pretrained_lpips()
+  lpips_host = None
   b0, b1 = fake_batch(0), fake_batch(1)
   t0 = time.perf_counter()
   ref_steps = vqgan_lib.CompiledSteps(setup, sharding_lib.make_mesh(devices=jax.devices()[:1]))
@@ -273,14 +277,13 @@ def dist_main(args):
     jax.distributed.initialize(coordinator_address=f"127.0.0.1:{args.port}",
                                num_processes=args.num_processes, process_id=args.process_id,
                                initialization_timeout=60)
-  from vqgan_jax.nn.lpips import load_pretrained_lpips
   from vqgan_jax.training import sharding as sharding_lib
   from vqgan_jax.training import vqgan_lib
   setup = tiny_setup(disc_start=0)
   mesh = sharding_lib.make_mesh(data=-1, fsdp=args.fsdp)
   steps = vqgan_lib.CompiledSteps(setup, mesh)
   state = steps.init(jax.random.PRNGKey(0))
-  lpips = steps.put_lpips(load_pretrained_lpips())
+  lpips = steps.put_lpips(None)
   # The rows of the global batch held by this process's devices (one contiguous block).
   shape = (TINY_BATCH, TINY_SIZE, TINY_SIZE, 3)
   index_map = sharding_lib.batch_sharding(mesh).addressable_devices_indices_map(shape)
@@ -302,11 +305,17 @@ def dist_main(args):
       metrics_log.setdefault(k, []).append(float(local_view(v)))
   for k, v in metrics_log.items():
     out["metrics/" + k] = np.asarray(v, np.float64)
+  # Image grids: each process feeds its own rows; the replicated output of
+  # steps.reconstruct holds every row of the global batch on every process.
+  grid_in = fake_batch(99)
+  x, rec = steps.reconstruct(state, sharding_lib.global_batch(grid_in[lo:hi], mesh))
+  grid_gathered = bool(np.array_equal(local_view(x), grid_in)) and rec.shape == grid_in.shape
   np.savez(os.path.join(args.out, f"process_{jax.process_index()}.npz"), **out)
   final = {k: v for k, v in out.items() if k.startswith(f"state{args.steps}/ae_params")}
   print(json.dumps({"process_index": jax.process_index(), "process_count": jax.process_count(),
                     "devices": jax.device_count(), "local_devices": jax.local_device_count(),
                     "rows": [lo, hi], "cache_size": steps.train._cache_size(),
+                    "grid_gathered": grid_gathered,
                     "ae_param_checksum": float(sum(np.sum(v, dtype=np.float64)
                                                    for v in final.values())),
                     "metrics": {k: v[-1] for k, v in metrics_log.items()}}))
@@ -322,7 +331,6 @@ def replay_main(args):
   see the module docstring).
   """
   import jax
-  from vqgan_jax.nn.lpips import load_pretrained_lpips
   from vqgan_jax.training import sharding as sharding_lib
   from vqgan_jax.training import vqgan_lib
   if jax.device_count() != 1 or jax.process_count() != 1:
@@ -331,7 +339,7 @@ def replay_main(args):
   setup = tiny_setup(disc_start=0)
   steps = vqgan_lib.CompiledSteps(setup, sharding_lib.make_mesh())
   init = host_copy(steps.init(jax.random.PRNGKey(0)))
-  lpips = steps.put_lpips(load_pretrained_lpips())
+  lpips = steps.put_lpips(None)
   result = {"init": compare(flatten(run_state(run, 0, init)), flatten(init)), "steps": []}
   chained = init
   for step in range(args.steps):
