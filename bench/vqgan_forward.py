@@ -23,7 +23,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vqgan_jax.nn.vqgan import VQGANConfig, VQModel, param_count
 

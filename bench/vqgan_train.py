@@ -35,27 +35,27 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from vqgan_jax import losses
-from vqgan_jax.nn.discriminator import NLayerDiscriminator
-from vqgan_jax.nn.lpips import LPIPS, load_pretrained_lpips
-from vqgan_jax.nn.vqgan import VQGANConfig, VQModel, param_count
+from vqgan_jax.nn.lpips import load_pretrained_lpips
+from vqgan_jax.nn.vqgan import param_count
 from vqgan_jax.training import sharding as sharding_lib
-from vqgan_jax.training import vqgan_lib
+from vqgan_jax.training import vqgan_config, vqgan_lib
 
 LEARNING_RATE = 4.5e-6 * 4  # taming's base_learning_rate x batch 4, as main.py scales it
 
 
-def build_setup(image_size: int, dtype) -> vqgan_lib.VQGANTrainSetup:
-  cfg = VQGANConfig(ch=64, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
-                    attn_resolutions=(image_size // 16,), resolution=image_size,
-                    z_channels=256, embed_dim=256, n_embed=1024)
-  tx = lambda: optax.adam(LEARNING_RATE, b1=0.5, b2=0.9)
-  return vqgan_lib.VQGANTrainSetup(
-      model=VQModel(cfg, dtype=dtype), disc=NLayerDiscriminator(ndf=64, n_layers=3, dtype=dtype),
-      lpips=LPIPS(dtype=dtype), loss=losses.LossConfig(disc_start=0, disc_weight=0.8),
-      tx_ae=tx(), tx_d=tx(), seed=0, image_size=image_size)
+def bench_config(image_size: int, dtype: str, batch: int):
+  """The training config of the benchmarked model (built by vqgan_lib.build_setup, as the
+  trainer builds it)."""
+  c = vqgan_config.base_config()
+  c.model.update(dict(ch=64, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
+                      attn_resolutions=(image_size // 16,), resolution=image_size,
+                      z_channels=256, embed_dim=256, n_embed=1024))
+  c.loss.update(dict(disc_start=0, disc_weight=0.8, disc_ndf=64, disc_num_layers=3))
+  c.optim.learning_rate = LEARNING_RATE
+  c.data.crop_size = image_size
+  c.dtype, c.seed, c.batch_size = dtype, 0, batch
+  return c
 
 
 def _flops(stage) -> float:
@@ -90,8 +90,7 @@ def main():
     parser.error("--image-size must be a multiple of 16 (four 2x downsamplings)")
 
   load_start = os.getloadavg()[0]
-  dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-  setup = build_setup(args.image_size, dtype)
+  setup = vqgan_lib.build_setup(bench_config(args.image_size, args.dtype, args.batch))
   mesh = sharding_lib.make_mesh()
   t0 = time.perf_counter()
   steps = vqgan_lib.CompiledSteps(setup, mesh)

@@ -1,14 +1,15 @@
-"""Shared test helpers: fixture paths, NCHW->NHWC, converted tiny taming models."""
+"""Session-wide test setup: the persistent XLA compilation cache and the converted tiny
+taming model fixtures (helpers such as fixture paths live in vqgan_test_utils.py)."""
 
 import os
-import pathlib
-import tempfile
 
-# One persistent XLA compilation cache per test session, inherited by the CLI
-# subprocesses: a second process compiling the same step loads it in a fraction of
-# the time. Must be set before jax is imported.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      tempfile.mkdtemp(prefix="vqgan_jax_test_xla_cache_"))
+# A persistent XLA compilation cache outside the repo, shared by test sessions and
+# inherited by the CLI subprocesses: a process compiling a step that an earlier one
+# compiled loads it in a fraction of the time (the key covers the jax version, the
+# program and the backend). Must be set before jax is imported.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "vqgan_jax",
+    "xla_cache_tests"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vqgan_test_utils import nhwc, shared_lpips_random, tiny
+from vqgan_test_utils import nhwc, shared_lpips_random
 from vqgan_jax import losses
 from vqgan_jax.convert import taming
 from vqgan_jax.convert.torch_reader import read_state_dict

@@ -1,6 +1,5 @@
 """Converting taming checkpoints: CLI, load_vqgan, key reports, config inference."""
 
-import os
 import subprocess
 import sys
 
