@@ -12,6 +12,12 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     "xla_cache_tests"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+# XLA:CPU compiles about 40% faster without LLVM's optimisations, and the tests' models
+# are tiny: compilation, not execution, is what the suite spends its time on. The
+# numbers are the same computation (every comparison keeps its tolerance).
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_backend_optimization_level=0").strip()
 
 import numpy as np
 import pytest

@@ -36,3 +36,8 @@ def assert_trees_equal(a, b):
   assert [p for p, _ in la] == [p for p, _ in lb]
   for (path, x), (_, y) in zip(la, lb):
     np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+
+
+def xla_flags(devices: int) -> str:
+  """XLA_FLAGS for a subprocess with `devices` fake CPU devices (and this session's flags)."""
+  return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"

@@ -18,6 +18,8 @@ import sys
 import numpy as np
 import pytest
 
+from vqgan_test_utils import xla_flags
+
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 WORKER = str(HERE / "training_worker.py")
@@ -32,7 +34,7 @@ def _free_port() -> int:
 
 
 def _env(devices: int) -> dict:
-  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+  return dict(os.environ, XLA_FLAGS=xla_flags(devices),
               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
 
 

@@ -1,6 +1,7 @@
 """train_vqgan.py as a user runs it: one subprocess smoke test (the rest is in-process in
-test_vqgan_trainer.py): bad configs are named without a traceback, and a short run with
-the full objective (LPIPS included) trains, reports progress, logs and exports."""
+test_vqgan_trainer.py and test_cli.py): bad config fields are named without a traceback
+before anything is written, and a short run with the full objective (LPIPS included)
+trains, reports progress, logs and exports."""
 
 import json
 import os
@@ -24,10 +25,10 @@ TINY = ["--config.model.ch_mult=(1,2)", "--config.model.attn_resolutions=()",
         "--config.num_images=4"]
 
 
-def _run(args, tmp_path, cwd=REPO):
+def _run(args, tmp_path):
   env = dict(os.environ, TMPDIR=str(tmp_path), JAX_PLATFORMS="cpu")
   return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True,
-                        timeout=600, cwd=cwd, env=env)
+                        timeout=600, cwd=REPO, env=env)
 
 
 @pytest.mark.slow
@@ -35,10 +36,6 @@ def test_cli_smoke(tmp_path):
   train = write_images(str(tmp_path / "train"), 8, 0)
   val = write_images(str(tmp_path / "val"), 3, 1)
   wd = str(tmp_path / "w")
-  # A typo in the variant: an error naming the known variants, not the full-size model.
-  proc = _run([f"--workdir={wd}", "--config=configs/vqgan_custom.py:smal"], tmp_path)
-  assert proc.returncode == 2 and "unknown config variant 'smal'; known variants: small" \
-      in proc.stderr, proc.stderr[-2000:]
   # Bad fields, all named at once, before anything compiles or is written.
   proc = _run([f"--workdir={wd}", SMALL, f"--config.data.train_images={train}",
                "--config.loss.disc_loss=wasserstein", "--config.batch_size=7",
@@ -51,14 +48,6 @@ def test_cli_smoke(tmp_path):
                  "sharding_rules[0]: '[' is not a regular expression"):
     assert needle in proc.stderr, proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr and not os.path.exists(os.path.join(wd, "checkpoints"))
-  proc = _run([f"--workdir={wd}", SMALL, "--config.loss.disc_strat=5"], tmp_path)
-  assert proc.returncode == 2 and 'Did you mean "disc_start"' in proc.stderr
-  assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-  # The default --config is found from any directory (here: no data given, so the
-  # error is about the data, not about a missing config file).
-  proc = _run([f"--workdir={wd}"], tmp_path, cwd=str(tmp_path))
-  assert proc.returncode == 2 and "data.name / data.train_images: no training data" \
-      in proc.stderr, proc.stderr[-2000:]
   # A real run: taming's whole objective (LPIPS, D from step 2, adaptive weight).
   proc = _run([f"--workdir={wd}", SMALL, *TINY, f"--config.data.train_images={train}",
                f"--config.data.val_images={val}", "--config.total_steps=4",

@@ -19,6 +19,8 @@ import jax
 import numpy as np
 import pytest
 
+from vqgan_test_utils import xla_flags
+
 import training_worker as W
 from vqgan_jax.training import sharding as sharding_lib
 from vqgan_jax.training import vqgan_lib
@@ -36,7 +38,7 @@ def _check(entry, what):
 
 @pytest.fixture(scope="module")
 def sharding_run():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  env = dict(os.environ, XLA_FLAGS=xla_flags(8),
              PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
   proc = subprocess.run([sys.executable, str(HERE / "training_worker.py"), "sharding"],
                         capture_output=True, text=True, env=env, cwd=str(REPO), timeout=600)

@@ -1,14 +1,15 @@
 """The command-line frame shared by the trainers: flags, distributed init, validation.
 
-    python train_vqgan.py --config=configs/vqgan_custom.py:small --workdir=DIR \
-        --config.data.train_images=PATH --config.total_steps=N
+    python train_<stage>.py --config=configs/<recipe>.py:small --workdir=DIR \
+        --config.<field>=VALUE ...
 
-`--config` is an ml_collections config file (`file.py:arg`), locked: overriding a
-field that does not exist is an error naming it. Multi-host: pass
+`--config` is an ml_collections config file (`file.py:variant`), locked: overriding a
+field that does not exist is an error naming it, as is an unknown variant. Multi-host: pass
 `--coordinator_address`, `--num_processes` and `--process_id` (or nothing on TPU pods,
 where `jax.distributed.initialize()` finds its peers).
 """
 
+import contextlib
 import os
 import sys
 from typing import Any, Callable, Dict, List
@@ -17,15 +18,24 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 
-def define_flags(default_config: str):
+def default_config_path(default_config: str, script: str) -> str:
+  """`default_config` relative to the folder of `script` (the trainer), not the cwd."""
+  if os.path.isabs(default_config):
+    return default_config
+  return os.path.join(os.path.dirname(os.path.abspath(script)), default_config)
+
+
+def define_flags(default_config: str, flag_values=flags.FLAGS):
+  fv = dict(flag_values=flag_values)
   config_flags.DEFINE_config_file("config", default_config, "Training config file.",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, "Where checkpoints, logs and images go.")
-  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
-  flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
-  flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
-  flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (TPU pods).")
-  flags.mark_flags_as_required(["workdir"])
+                                  lock_config=True, **fv)
+  flags.DEFINE_string("workdir", None, "Where checkpoints, logs and images go.", **fv)
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).",
+                      **fv)
+  flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).", **fv)
+  flags.DEFINE_integer("process_id", None, "This process's index (multi-process).", **fv)
+  flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (TPU pods).", **fv)
+  flags.mark_flags_as_required(["workdir"], **fv)
 
 
 def print_summary(summary: Dict[str, Any], out=None) -> None:
@@ -40,11 +50,12 @@ def print_summary(summary: Dict[str, Any], out=None) -> None:
     print(f"{'val ' + step + ':':<13} {vals}", file=out)
 
 
-def _parse_flags(argv):
-  """absl's flag parsing, with a flag error (a bad --config variant or field) shown as one
-  message instead of ml_collections' embedded traceback."""
+@contextlib.contextmanager
+def flag_errors_as_messages():
+  """A flag error (a bad --config variant or field) exits with status 2 and one message
+  instead of ml_collections' (embedded) traceback."""
   try:
-    return flags.FLAGS(argv)
+    yield
   except flags.Error as e:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     if any(line.startswith("Traceback") for line in lines):
@@ -58,6 +69,12 @@ def _parse_flags(argv):
     sys.exit(2)
 
 
+def parse_flags(argv, flag_values=flags.FLAGS):
+  """absl's flag parsing under `flag_errors_as_messages`."""
+  with flag_errors_as_messages():
+    return flag_values(argv)
+
+
 def run(default_config: str, validate: Callable[..., List[str]], train: Callable):
   """Parses flags, starts jax.distributed if asked, validates the config, trains.
 
@@ -65,10 +82,8 @@ def run(default_config: str, validate: Callable[..., List[str]], train: Callable
   directory. Bad configs exit with status 2, a run that cannot go on (resume
   mismatch, bad init_from, non-finite loss) with status 1, each with one message.
   """
-  if not os.path.isabs(default_config):
-    script_dir = os.path.dirname(os.path.abspath(sys.argv[0]))
-    default_config = os.path.join(script_dir, default_config)
-  define_flags(default_config)
+  with flag_errors_as_messages():
+    define_flags(default_config_path(default_config, sys.argv[0]))
 
   def main(argv):
     if len(argv) > 1:
@@ -95,4 +110,4 @@ def run(default_config: str, validate: Callable[..., List[str]], train: Callable
     if jax.process_index() == 0:
       print_summary(summary)
 
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=parse_flags)

@@ -32,7 +32,8 @@ class TrainingError(Exception):
 
 
 class TrainTask:
-  """What a trainer provides; see vqgan_trainer.VQGANTask for an implementation."""
+  """What a trainer provides (each trainer module implements one). The state is any
+  pytree with an int `step` field."""
 
   abstract_state: Any = None     # ShapeDtypeStructs with the state's shardings (computed once)
   loss_key: str = "loss"         # the metric shown on the progress line

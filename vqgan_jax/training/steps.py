@@ -1,8 +1,8 @@
 """Compiling train steps for any train state: shardings, donation, init, tree checks.
 
     shardings = state_shardings(init_fn, mesh, rules)       # from jax.eval_shape(init_fn)
-    train = jit_train_step(step_fn, shardings, mesh, extra=(lpips_sharding,))
-    state, metrics = train(state, lpips_params, batch)      # state donated
+    train = jit_train_step(step_fn, shardings, mesh, extra=(frozen_sharding,))
+    state, metrics = train(state, frozen_params, batch)     # state donated
 
 `init_fn(rng) -> state` is traced once for the abstract state; the step is
 `step_fn(state, *extra, batch) -> (state, metrics)`, batches split over ("data", "fsdp")
