@@ -198,3 +198,35 @@ def test_process_exits_with_live_iterators(folder, tmp_path):
                         timeout=60)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "batch ok" in proc.stdout
+
+
+_CLOSE_SCRIPT = """
+import sys
+from vqgan_jax.data import pipeline
+cfg = pipeline.default_data_config()
+cfg.train_images = sys.argv[1]
+cfg.crop_size = 16
+cfg.prefetch = 64  # keeps tf.data busy in the record reader when the iterator is closed
+for i in range(8):
+  train = pipeline.create_train_iterator(cfg, global_batch_size=32, seed=i, workdir=sys.argv[2])
+  next(train)
+  train.close()   # what a trainer does when its loop ends (or drops the iterator)
+  print("closed", i, flush=True)
+"""
+
+
+def test_closing_a_busy_iterator_returns(folder, tmp_path):
+  """Closing an iterator whose tf.data threads are running the Python record reader
+  must not deadlock (a trainer hung at the end of its loop before the reader was stopped
+  and the iterator drained)."""
+  import os
+  import pathlib
+  import subprocess
+  import sys
+  root = pathlib.Path(pipeline.__file__).resolve().parents[2]
+  env = dict(os.environ, PYTHONPATH=str(root), TF_CPP_MIN_LOG_LEVEL="2")
+  proc = subprocess.run([sys.executable, "-c", _CLOSE_SCRIPT, folder, str(tmp_path)],
+                        cwd=str(tmp_path), env=env, capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "closed 7" in proc.stdout

@@ -25,6 +25,7 @@ wasteful).
 import atexit
 import functools
 import os
+import threading
 import weakref
 from typing import Any, Callable, Dict, Iterator, Optional
 
@@ -106,11 +107,24 @@ def _close_live_iterators():
       pass
 
 
-def _numpy_batches(ds, to_batch: Callable[[Any], Batch]) -> Iterator[Batch]:
-  """Iterates `ds` as numpy, mapping each element with `to_batch`."""
+def _numpy_batches(ds, to_batch: Callable[[Any], Batch],
+                   stop: threading.Event) -> Iterator[Batch]:
+  """Iterates `ds` as numpy, mapping each element with `to_batch`.
+
+  Closing the generator (or dropping it) sets `stop`, which ends the Python record
+  reader that tf.data runs in its threads, and drains the iterator before releasing it:
+  each `next` releases the GIL, so no tf.data thread is left waiting for it while the
+  iterator is destroyed (that deadlocked a trainer at the end of its loop).
+  """
   def batches():
-    for element in ds.as_numpy_iterator():
-      yield to_batch(element)
+    it = ds.as_numpy_iterator()
+    try:
+      for element in it:
+        yield to_batch(element)
+    finally:
+      stop.set()
+      for _ in it:
+        pass
   gen = batches()
   _LIVE.add(gen)
   return gen
@@ -147,8 +161,9 @@ def create_train_iterator(data_cfg: Any, *, global_batch_size: int, seed: int,
   source = _open(data_cfg, "train", workdir)
   if source.num_examples == 0:
     raise ValueError(f"No training examples in {source.description}.")
+  stop = threading.Event()
   records = source.train_dataset(seed, global_batch_size, local_batch, process_index,
-                                 start_step)
+                                 start_step, stop=stop)
   from vqgan_jax.data import preprocess as pp
   crop_size, flip = int(data_cfg.crop_size), bool(data_cfg.flip)
 
@@ -157,7 +172,7 @@ def create_train_iterator(data_cfg: Any, *, global_batch_size: int, seed: int,
                                flip=flip)
 
   ds = _tf_batches(records, preprocess, local_batch, True, data_cfg.prefetch)
-  return _numpy_batches(ds, lambda images: {"image": images})
+  return _numpy_batches(ds, lambda images: {"image": images}, stop)
 
 
 def create_eval_iterator(data_cfg: Any, *, global_batch_size: int, process_index: int = 0,
@@ -180,7 +195,8 @@ def create_eval_iterator(data_cfg: Any, *, global_batch_size: int, process_index
     raise ValueError("No validation data: set data.val_images, or data.name and "
                      "data.val_split.")
   n = source.num_examples
-  records = source.eval_dataset(global_batch_size, local_batch, process_index)
+  stop = threading.Event()
+  records = source.eval_dataset(global_batch_size, local_batch, process_index, stop=stop)
   from vqgan_jax.data import preprocess as pp
   crop_size = int(data_cfg.crop_size)
 
@@ -206,7 +222,7 @@ def create_eval_iterator(data_cfg: Any, *, global_batch_size: int, process_index
     mask[:k] = 1.0
     return {"image": image, "mask": mask}
 
-  return _numpy_batches(ds, pad)
+  return _numpy_batches(ds, pad, stop)
 
 
 def count_eval_examples(data_cfg: Any, workdir: Optional[str] = None) -> int:

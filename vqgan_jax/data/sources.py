@@ -40,6 +40,7 @@ module needs numpy alone.
 """
 
 import logging
+import threading
 from typing import (Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence,
                     Tuple, Union)
 
@@ -222,14 +223,24 @@ class RandomAccessSource:
     return {name: stack_values([get_feature(ex, path) for ex in examples])
             for name, path in self.fields.items()}
 
-  def _dataset(self, chunks: Callable[[], Iterator[Tuple[np.ndarray, Example]]]):
+  def _dataset(self, chunks: Callable[[], Iterator[Tuple[np.ndarray, Example]]],
+               stop: Optional[threading.Event] = None):
     """tf.data of (int64 position, {name: value}) from per-step chunks of examples.
 
-    Its iterators must be released before the interpreter shuts down (tf.data threads
-    blocked on the GIL otherwise hang the exit): `pipeline` closes its live iterators
-    at exit.
+    tf.data runs `chunks` (Python) in its own threads. Destroying an iterator while one
+    of them waits for the GIL deadlocks, so its owner sets `stop` (the reader then ends
+    the dataset at the next chunk) and drains the iterator before releasing it; see
+    `pipeline._numpy_batches`.
     """
     import tensorflow as tf
+    if stop is not None:
+      unguarded = chunks
+
+      def chunks():
+        for chunk in unguarded():
+          if stop.is_set():
+            return
+          yield chunk
     if self.num_examples:
       spec = _spec_of(self.read([0]))
     else:
@@ -239,22 +250,24 @@ class RandomAccessSource:
     return ds.unbatch()
 
   def train_dataset(self, seed: int, global_batch: int, local_batch: int, process_index: int,
-                    start_step: int):
-    """Endless tf.data of this process's (int64 position, {name: value}) from `start_step`."""
+                    start_step: int, stop: Optional[threading.Event] = None):
+    """Endless tf.data of this process's (int64 position, {name: value}) from `start_step`
+    (ending early once `stop` is set)."""
     def chunks():
       for positions, indices in train_steps(self.num_examples, seed, global_batch,
                                             local_batch, process_index, start_step):
         yield positions, self.read(indices)
-    return self._dataset(chunks)
+    return self._dataset(chunks, stop)
 
-  def eval_dataset(self, global_batch: int, local_batch: int, process_index: int):
+  def eval_dataset(self, global_batch: int, local_batch: int, process_index: int,
+                   stop: Optional[threading.Event] = None):
     """tf.data of this process's (int64 position, {name: value}), one pass, stored order."""
     def chunks():
       for positions in eval_steps(self.num_examples, global_batch, local_batch,
                                   process_index):
         if positions.size:
           yield positions, self.read(positions)
-    return self._dataset(chunks)
+    return self._dataset(chunks, stop)
 
 
 def tfds_decoders(builder: Any, fields: Mapping[str, str]) -> Optional[Dict[str, Any]]:
@@ -302,8 +315,9 @@ class StreamSource:
     return ds
 
   def train_dataset(self, seed: int, global_batch: int, local_batch: int, process_index: int,
-                    start_step: int):
-    """Endless tf.data of this process's (int64 position, {name: value}) from `start_step`.
+                    start_step: int, stop=None):
+    """Endless tf.data of this process's (int64 position, {name: value}) from `start_step`
+    (graph ops only: `stop` is not needed and ignored).
 
     Epochs are chained inside tf.data (`flat_map` over epoch numbers); epoch e's
     shuffles are seeded by a stateless hash of (seed, e).
@@ -324,7 +338,7 @@ class StreamSource:
     return ds.filter(_plain(lambda q, _: owner_of(q, global_batch, local_batch) ==
                             process_index))
 
-  def eval_dataset(self, global_batch: int, local_batch: int, process_index: int):
+  def eval_dataset(self, global_batch: int, local_batch: int, process_index: int, stop=None):
     """tf.data of this process's (int64 position, {name: value}), one pass, stored order."""
     ds = self._records().enumerate()
     return ds.filter(_plain(lambda q, _: owner_of(q, global_batch, local_batch) ==

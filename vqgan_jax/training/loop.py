@@ -220,9 +220,10 @@ def train(config, workdir: str, task: TrainTask) -> Dict[str, Any]:
     summary.update(end_step=end, seconds=round(time.time() - t0, 1),
                    train={k: float(v) for k, v in jax.device_get(metrics).items()})
     if summary["val"]:
-      steps = sorted(summary["val"], key=int)
-      summary["val_before"] = summary["val"][steps[0]] if steps[0] == "0" else None
-      summary["val_after"] = summary["val"][steps[-1]]
+      evaluated = sorted(summary["val"], key=int)
+      if evaluated[0] == "0":
+        summary["val_before"] = summary["val"]["0"]
+      summary["val_after"] = summary["val"][evaluated[-1]]
     if jax.process_count() == 1 and end == total:
       summary["model_dir"] = task.export(state, os.path.join(workdir, "model"))
   finally:

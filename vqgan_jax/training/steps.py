@@ -1,6 +1,6 @@
 """Compiling train steps for any train state: shardings, donation, init, tree checks.
 
-    shardings = state_shardings(init_fn, mesh, rules)       # from jax.eval_shape(init_fn)
+    abstract, shardings = sharded_abstract_state(init_fn, mesh, rules)
     train = jit_train_step(step_fn, shardings, mesh, extra=(frozen_sharding,))
     state, metrics = train(state, frozen_params, batch)     # state donated
 
@@ -17,29 +17,24 @@ import numpy as np
 from vqgan_jax.training import sharding as sharding_lib
 
 
-def abstract_state(init_fn: Callable, shardings=None):
-  """ShapeDtypeStructs of init_fn(PRNGKey(0)), carrying `shardings` when given."""
+def sharded_abstract_state(init_fn: Callable, mesh, rules=sharding_lib.DEFAULT_RULES):
+  """(abstract state, its shardings): init_fn(PRNGKey(0)) traced once, without computing
+  anything; the abstract leaves carry their shardings (what a restore needs)."""
   abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
-  if shardings is None:
-    return abstract
-  return jax.tree_util.tree_map(
+  shardings = sharding_lib.infer_shardings(abstract, mesh, rules)
+  abstract = jax.tree_util.tree_map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+  return abstract, shardings
 
 
-def state_shardings(abstract, mesh, rules=sharding_lib.DEFAULT_RULES):
-  """NamedShardings for every leaf of an abstract state."""
-  return sharding_lib.infer_shardings(abstract, mesh, rules)
-
-
-def jit_train_step(step_fn: Callable, state_sharding, mesh, extra: Sequence[Any] = (),
-                   batch_sharding=None):
+def jit_train_step(step_fn: Callable, state_sharding, mesh, extra: Sequence[Any] = ()):
   """jax.jit of step_fn(state, *extra, batch) -> (state, metrics), donating the state.
 
   `extra` holds the shardings of the arguments between state and batch (frozen
   networks, ...); batch leaves are split over the data axes, metrics replicated.
   """
-  batch_sharding = batch_sharding or sharding_lib.batch_sharding(mesh)
-  return jax.jit(step_fn, in_shardings=(state_sharding, *extra, batch_sharding),
+  return jax.jit(step_fn, in_shardings=(state_sharding, *extra,
+                                        sharding_lib.batch_sharding(mesh)),
                  out_shardings=(state_sharding, sharding_lib.replicated(mesh)),
                  donate_argnums=(0,))
 
@@ -48,11 +43,6 @@ def init_sharded(init_fn: Callable, rng, state_sharding):
   """init_fn(rng) computed straight into its shardings (optimizer scalars included, so
   the second step does not recompile for a different input sharding)."""
   return jax.jit(init_fn, out_shardings=state_sharding)(rng)
-
-
-def put_sharded(tree, shardings):
-  """A host tree (numpy) placed with `shardings`."""
-  return jax.device_put(tree, shardings)
 
 
 def tree_shape_errors(expected, got, where: str) -> List[str]:

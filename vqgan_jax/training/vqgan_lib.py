@@ -261,9 +261,8 @@ class CompiledSteps:
   def __init__(self, setup: VQGANTrainSetup, mesh, rules=sharding_lib.DEFAULT_RULES):
     self.setup, self.mesh = setup, mesh
     self._init = functools.partial(init_state, setup)
-    abstract = steps_lib.abstract_state(self._init)
-    self.state_sharding = steps_lib.state_shardings(abstract, mesh, rules)
-    self.abstract_state = steps_lib.abstract_state(self._init, self.state_sharding)
+    self.abstract_state, self.state_sharding = steps_lib.sharded_abstract_state(
+        self._init, mesh, rules)
     self.lpips_sharding = None
     if setup.lpips is not None:
       x = jnp.zeros((1, 16, 16, 3))
