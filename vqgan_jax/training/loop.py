@@ -163,6 +163,7 @@ def _save_grid(workdir: str, step: int, grid: np.ndarray, writer) -> Optional[st
 def train(config, workdir: str, task: TrainTask) -> Dict[str, Any]:
   """Runs (or resumes) training to `config.total_steps`; returns the summary."""
   from vqgan_jax.training.writers import Progress, Writer
+  workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   ckpt = checkpointing.TrainCheckpointer(os.path.join(workdir, "checkpoints"),
@@ -176,7 +177,7 @@ def train(config, workdir: str, task: TrainTask) -> Dict[str, Any]:
     if is_main:
       with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
-    summary = {"workdir": os.path.abspath(workdir), "start_step": start, "origin": origin,
+    summary = {"workdir": workdir, "start_step": start, "origin": origin,
                "checkpoints": ckpt.directory, "tensorboard": writer.logdir, "val": {}}
 
     def evaluate(step):
