@@ -108,13 +108,15 @@ def _close_live_iterators():
 
 
 def _numpy_batches(ds, to_batch: Callable[[Any], Batch],
-                   stop: threading.Event) -> Iterator[Batch]:
+                   stop: Optional[threading.Event]) -> Iterator[Batch]:
   """Iterates `ds` as numpy, mapping each element with `to_batch`.
 
-  Closing the generator (or dropping it) sets `stop`, which ends the Python record
-  reader that tf.data runs in its threads, and drains the iterator before releasing it:
-  each `next` releases the GIL, so no tf.data thread is left waiting for it while the
-  iterator is destroyed (that deadlocked a trainer at the end of its loop).
+  With `stop` (a source whose Python record reader tf.data runs in its threads),
+  closing the generator (or dropping it) sets `stop`, which ends that reader, and
+  drains the iterator before releasing it: each `next` releases the GIL, so no tf.data
+  thread is left waiting for it while the iterator is destroyed (that deadlocked a
+  trainer at the end of its loop). Graph-only sources need neither (and an endless one
+  could not be drained).
   """
   def batches():
     it = ds.as_numpy_iterator()
@@ -122,9 +124,10 @@ def _numpy_batches(ds, to_batch: Callable[[Any], Batch],
       for element in it:
         yield to_batch(element)
     finally:
-      stop.set()
-      for _ in it:
-        pass
+      if stop is not None:
+        stop.set()
+        for _ in it:
+          pass
   gen = batches()
   _LIVE.add(gen)
   return gen
@@ -161,7 +164,7 @@ def create_train_iterator(data_cfg: Any, *, global_batch_size: int, seed: int,
   source = _open(data_cfg, "train", workdir)
   if source.num_examples == 0:
     raise ValueError(f"No training examples in {source.description}.")
-  stop = threading.Event()
+  stop = threading.Event() if source.python_reader else None
   records = source.train_dataset(seed, global_batch_size, local_batch, process_index,
                                  start_step, stop=stop)
   from vqgan_jax.data import preprocess as pp
@@ -195,7 +198,7 @@ def create_eval_iterator(data_cfg: Any, *, global_batch_size: int, process_index
     raise ValueError("No validation data: set data.val_images, or data.name and "
                      "data.val_split.")
   n = source.num_examples
-  stop = threading.Event()
+  stop = threading.Event() if source.python_reader else None
   records = source.eval_dataset(global_batch_size, local_batch, process_index, stop=stop)
   from vqgan_jax.data import preprocess as pp
   crop_size = int(data_cfg.crop_size)

@@ -207,6 +207,8 @@ class RandomAccessSource:
     num_skipped: unreadable files left out (local images only).
   """
 
+  python_reader = True  # tf.data runs `read` in its threads: see `_dataset` on releasing
+
   def __init__(self, data_source: Sequence[Any], fields: Mapping[str, str], description: str,
                num_skipped: int = 0):
     self._source = data_source
@@ -290,6 +292,8 @@ def _feature_at(features: Any, path: str) -> Any:
 
 class StreamSource:
   """A TFDS split read sequentially with tf.data (tfrecord datasets), as dicts of fields."""
+
+  python_reader = False  # graph ops only: its iterators can be released at any time
 
   def __init__(self, builder: Any, split: str, fields: Mapping[str, str], shuffle_buffer: int,
                description: str):
