@@ -112,6 +112,7 @@ def test_preemption_then_resume_is_bitwise_identical(straight_run, image_folders
   config = tiny_config(image_folders)
   first = loop.train(config, wd, _PreemptedAt3(config, wd))
   assert first["end_step"] == 3 and "model_dir" not in first
+  assert list(first["val"]) == ["0"]                            # no evaluation before saving
   assert os.listdir(os.path.join(wd, "checkpoints")) == ["3"]   # saved on SIGTERM
   resumed = vqgan_trainer.train_and_evaluate(config, wd)
   assert resumed["start_step"] == 3 and resumed["end_step"] == TOTAL

@@ -7,7 +7,8 @@ loop owns the rest, in one place:
     resume first compares the checkpoint's fingerprint (seed, batch, model, data...)
     with the config's and refuses, naming the fields, unless
     `config.allow_resume_changes`;
-  - checkpoints every `ckpt_every` steps, on SIGTERM (preemption) and at the end;
+  - checkpoints every `ckpt_every` steps, on SIGTERM (preemption: saved at once, before
+    any grid or evaluation) and at the end;
   - metrics every `log_every` steps, checked for NaN/Inf (the run stops with a message
     naming the step and the last good checkpoint), a progress line, image grids every
     `image_every` and evaluation every `eval_every` steps (and at the end);
@@ -198,24 +199,25 @@ def train(config, workdir: str, task: TrainTask) -> Dict[str, Any]:
       for step in range(start, total):
         state, metrics = task.train_step(state, next(batches))
         done = step + 1
-        last = done == total or preempt.requested
-        if every(done, config.log_every) or last:
+        # On SIGTERM the grace period is short: log, save and stop (no grids, no eval).
+        finished, preempted = done == total, preempt.requested
+        if every(done, config.log_every) or finished or preempted:
           values = {k: float(v) for k, v in jax.device_get(metrics).items()}
           check_finite(done, values, last_ckpt)
           values["learning_rate"] = task.learning_rate(done)
           writer.scalars(done, {f"train/{k}": v for k, v in values.items()})
           progress.update(done, values.get(task.loss_key))
-        if every(done, config.image_every) or last:
+        if not preempted and (every(done, config.image_every) or finished):
           grid = task.image_grid(state)
           if grid is not None:
             summary["image_grid"] = _save_grid(workdir, done, grid, writer)
-        if every(done, config.eval_every) or last:
+        if not preempted and (every(done, config.eval_every) or finished):
           evaluate(done)
-        if every(done, config.ckpt_every) or last:
+        if every(done, config.ckpt_every) or finished or preempted:
           meta = {"step": done, "seed": int(config.seed), "fingerprint": task.fingerprint()}
           ckpt.save(done, state, meta)
           last_ckpt = done
-        if preempt.requested:
+        if preempted:
           break
     end = int(jax.device_get(state.step))
     summary.update(end_step=end, seconds=round(time.time() - t0, 1),
