@@ -182,22 +182,27 @@ print("batch ok", flush=True)
 """
 
 
-def test_process_exits_with_live_iterators(folder, tmp_path):
-  """tf.data threads running Python must not hang the interpreter's exit.
-
-  Without `pipeline._close_live_iterators` this hangs in about half of the runs.
-  """
+def _run_script(script: str, folder: str, tmp_path, timeout: int):
+  """Runs `script` (argv: the image folder and a workdir) in a fresh interpreter."""
   import os
   import pathlib
   import subprocess
   import sys
   root = pathlib.Path(pipeline.__file__).resolve().parents[2]
   env = dict(os.environ, PYTHONPATH=str(root), TF_CPP_MIN_LOG_LEVEL="2")
-  proc = subprocess.run([sys.executable, "-c", _EXIT_SCRIPT, folder, str(tmp_path)],
+  proc = subprocess.run([sys.executable, "-c", script, folder, str(tmp_path)],
                         cwd=str(tmp_path), env=env, capture_output=True, text=True,
-                        timeout=60)
+                        timeout=timeout)
   assert proc.returncode == 0, proc.stderr[-2000:]
-  assert "batch ok" in proc.stdout
+  return proc.stdout
+
+
+def test_process_exits_with_live_iterators(folder, tmp_path):
+  """tf.data threads running Python must not hang the interpreter's exit.
+
+  Without `pipeline._close_live_iterators` this hangs in about half of the runs.
+  """
+  assert "batch ok" in _run_script(_EXIT_SCRIPT, folder, tmp_path, timeout=60)
 
 
 _CLOSE_SCRIPT = """
@@ -219,14 +224,4 @@ def test_closing_a_busy_iterator_returns(folder, tmp_path):
   """Closing an iterator whose tf.data threads are running the Python record reader
   must not deadlock (a trainer hung at the end of its loop before the reader was stopped
   and the iterator drained)."""
-  import os
-  import pathlib
-  import subprocess
-  import sys
-  root = pathlib.Path(pipeline.__file__).resolve().parents[2]
-  env = dict(os.environ, PYTHONPATH=str(root), TF_CPP_MIN_LOG_LEVEL="2")
-  proc = subprocess.run([sys.executable, "-c", _CLOSE_SCRIPT, folder, str(tmp_path)],
-                        cwd=str(tmp_path), env=env, capture_output=True, text=True,
-                        timeout=120)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert "closed 7" in proc.stdout
+  assert "closed 7" in _run_script(_CLOSE_SCRIPT, folder, tmp_path, timeout=120)
