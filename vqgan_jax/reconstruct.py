@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from vqgan_jax.images import expand_image_args, load_image, save_png, to_uint8  # noqa: F401
+from vqgan_jax.images import expand_image_args, load_image, save_png, to_uint8
 
 
 def _unique_name(name: str, used: set) -> str:

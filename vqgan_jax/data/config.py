@@ -14,8 +14,6 @@ from typing import Any, List
 
 import ml_collections
 
-from vqgan_jax.images import IMAGE_EXTENSIONS  # noqa: F401  (folder scans; defined there)
-
 
 def default_data_config() -> ml_collections.ConfigDict:
   """Returns `config.data` with every field at its default."""
