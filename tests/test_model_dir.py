@@ -113,9 +113,15 @@ def test_missing_pieces_keep_their_messages(saved, tmp_path):
 def test_converted_net2net_has_kind_net2net(tmp_path, vqgan_tiny_converted):
   from vqgan_jax.convert.__main__ import main
   out = str(tmp_path / "n2n")
-  assert main([tiny("n2n_class_tiny.ckpt"), out]) == 0
+  # Without the YAML the head count and the conditioning kind are not in the weights.
+  assert main([tiny("n2n_class_tiny.ckpt"), out]) == 2
+  assert not os.path.exists(out)
+  assert main([tiny("n2n_class_tiny.ckpt"), out, "--n_head", "2", "--cond", "class",
+               "--n_classes", "10"]) == 0
   config, variables = model_dir.load_model_dir(out, kinds=("net2net",))
   assert config["kind"] == "net2net"
+  assert config["transformer"]["n_head"] == 2 and config["net2net"]["cond"] == "class"
+  assert config["net2net"]["z_shape"] == [8, 8]
   assert_trees_equal(variables["vqgan"], vqgan_tiny_converted[1]["vqgan"])
   vq = load_vqgan(out)
   assert vq.decode_indices(np.zeros((1, 2, 3), np.int32)).shape == (1, 8, 12, 3)

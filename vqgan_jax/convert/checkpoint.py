@@ -8,7 +8,11 @@
   config["loss"]          taming's lossconfig params (when the YAML gives them)
   config["discriminator"] {"input_nc", "ndf", "n_layers", "use_actnorm"} if `loss.discriminator.*`
   config["lpips"]         True if `loss.perceptual_loss.*` was in the file
-  variables               {"vqgan": ..., "cond_stage": ..., "discriminator": ..., "lpips": ...}
+  config["transformer"]   a Net2Net's GPTConfig fields, and config["net2net"] its
+                          Net2NetConfig fields (conditioning, permuter, grids); see
+                          `vqgan_jax/convert/net2net.py`
+  variables               {"vqgan": ..., "cond_stage": ..., "discriminator": ..., "lpips": ...,
+                          "transformer": {"params": ...}, "colorize": {"colorize": ...}}
 The architecture comes from the project YAML when given, else from the state dict.
 """
 
@@ -84,6 +88,8 @@ def read_project_yaml(path: str) -> Dict[str, Any]:
     if isinstance(cs, dict) and cs.get("target") in FIRST_STAGE_TARGETS:
       out["cond_stage"] = _yaml_vqgan_config(cs.get("params") or {}, cs["target"],
                                              f"{path}: cond_stage_config")
+    from vqgan_jax.convert.net2net import read_net2net_yaml
+    out.update(read_net2net_yaml(params, f"{path}: model.params"), vqgan_from_yaml=True)
   else:
     raise ValueError(f"{path}: model.target {target!r} is not a taming VQGAN or Net2Net model")
   return out
@@ -111,8 +117,15 @@ def _convert_vqgan(sd, cfg: VQGANConfig, prefix: str, source: str):
 
 
 def convert_state_dict_tree(sd, project: Optional[Dict[str, Any]] = None,
-                            source: str = "state dict") -> Tuple[Dict, Dict]:
-  """Converts an already-read state dict; see the module docstring."""
+                            source: str = "state dict",
+                            overrides: Optional[Dict[str, Any]] = None,
+                            require_transformer: bool = False) -> Tuple[Dict, Dict]:
+  """Converts an already-read state dict; see the module docstring.
+
+  For a Net2Net checkpoint, `overrides` supplies what neither the YAML nor the weights
+  tell (see `vqgan_jax/convert/net2net.py`); when the transformer cannot be converted
+  the result holds only the VQGANs unless `require_transformer`, which raises.
+  """
   from vqgan_jax.nn import discriminator as disc_lib, lpips as lpips_lib
   project = project or {}
   prefixes = taming.first_stage_prefixes(sd)
@@ -127,12 +140,27 @@ def convert_state_dict_tree(sd, project: Optional[Dict[str, Any]] = None,
   cfg = project.get("vqgan") or taming.infer_vqgan_config(sd, first, source)
   cfg, variables["vqgan"] = _convert_vqgan(sd, cfg, first, source)
   config["vqgan"] = cfg.to_dict()
-  if "cond_stage_model." in prefixes:
+  cond_is_first = project.get("cond_target") == "__is_first_stage__"
+  if "cond_stage_model." in prefixes and not cond_is_first:
     ccfg = project.get("cond_stage") or taming.infer_vqgan_config(sd, "cond_stage_model.", source)
     ccfg, variables["cond_stage"] = _convert_vqgan(sd, ccfg, "cond_stage_model.", source)
     config["cond_stage"] = ccfg.to_dict()
   if "loss" in project:
     config["loss"] = project["loss"]
+  if first == "first_stage_model.":
+    from vqgan_jax.convert.net2net import net2net_sections
+    try:
+      sections, extra = net2net_sections(
+          sd, project, overrides or {}, cfg,
+          VQGANConfig.from_dict(config["cond_stage"]) if "cond_stage" in config else None,
+          source)
+    except (taming.ConversionError, ValueError) as e:
+      if require_transformer:
+        raise taming.ConversionError(str(e)) from None
+      config["transformer_error"] = str(e)
+    else:
+      config.update(sections)
+      variables.update(extra)
   if first == "":
     dcfg = infer_discriminator_config(sd)
     if dcfg is not None:
@@ -158,8 +186,11 @@ def convert_state_dict_tree(sd, project: Optional[Dict[str, Any]] = None,
   return config, variables
 
 
-def convert_taming_checkpoint(ckpt_path: str, project_yaml: Optional[str] = None):
+def convert_taming_checkpoint(ckpt_path: str, project_yaml: Optional[str] = None,
+                              overrides: Optional[Dict[str, Any]] = None,
+                              require_transformer: bool = False):
   """Reads a taming `.ckpt` (no torch needed) and converts it; returns (config, variables)."""
   sd = read_state_dict(ckpt_path)
   project = read_project_yaml(project_yaml) if project_yaml else None
-  return convert_state_dict_tree(sd, project, source=ckpt_path)
+  return convert_state_dict_tree(sd, project, source=ckpt_path, overrides=overrides,
+                                 require_transformer=require_transformer)
