@@ -145,11 +145,19 @@ def num_codes(cfg: VQGANConfig) -> int:
 
 # ---- pure functions (jit-able) -------------------------------------------------------------
 
+def _torch_nearest_index(size_in: int, size_out: int) -> np.ndarray:
+  """ATen's source index of each output pixel: floorf(d * (float)in / out), in float32."""
+  d = np.arange(size_out)
+  if size_out == size_in:
+    return d
+  scale = np.float32(size_in) / np.float32(size_out)
+  return np.minimum(np.floor(d.astype(np.float32) * scale), size_in - 1).astype(np.int64)
+
+
 def torch_nearest_resize(x, size: Tuple[int, int]):
-  """F.interpolate(mode="nearest") on NHWC: output pixel d reads input floor(d * in / out)."""
-  h, w = x.shape[1], x.shape[2]
-  rows = np.minimum(np.floor(np.arange(size[0]) * (h / size[0])).astype(np.int64), h - 1)
-  cols = np.minimum(np.floor(np.arange(size[1]) * (w / size[1])).astype(np.int64), w - 1)
+  """F.interpolate(mode="nearest") on NHWC, with torch's float32 source-index arithmetic."""
+  rows = _torch_nearest_index(x.shape[1], size[0])
+  cols = _torch_nearest_index(x.shape[2], size[1])
   return x[:, rows][:, :, cols]
 
 

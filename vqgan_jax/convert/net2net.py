@@ -91,8 +91,9 @@ def gpt_config_from(sd, transformer: Mapping[str, Any], overrides: Mapping[str, 
   if not n_head:
     raise taming.ConversionError(
         f"{source}: the weights do not tell the transformer's head count; give the project "
-        "YAML (--config logs/<run>/configs/*-project.yaml, which sets "
-        "transformer_config.params.n_head) or --n_head N")
+        "YAML (logs/<run>/configs/*-project.yaml, which sets transformer_config.params.n_head: "
+        "`python -m vqgan_jax.convert CKPT OUT --config YAML` or load_transformer(CKPT, YAML)) "
+        "or convert with `--n_head N`")
   fields = dict(vocab_size=int(vocab), block_size=int(block), n_layer=n_layer,
                 n_head=int(n_head), n_embd=int(n_embd))
   for k in ("embd_pdrop", "resid_pdrop", "attn_pdrop", "n_unmasked"):
@@ -195,7 +196,10 @@ def net2net_config_from(sd, project: Mapping[str, Any], overrides: Mapping[str, 
     if bwd is None:
       raise taming.ConversionError(f"{source}: permuter.forward_shuffle_idx without "
                                    "permuter.backward_shuffle_idx")
-    perm = permuters_lib.from_buffers(np.asarray(fwd), np.asarray(bwd), *fields["z_shape"])
+    try:
+      perm = permuters_lib.from_buffers(np.asarray(fwd), np.asarray(bwd), *fields["z_shape"])
+    except permuters_lib.PermuterError as e:
+      raise taming.ConversionError(f"{source}: permuter.*_shuffle_idx: {e}") from None
     if perm.name == "custom":
       raise taming.ConversionError(f"{source}: the permuter buffers match none of taming's "
                                    f"permuters {list(permuters_lib.NAMES)} on a "

@@ -24,6 +24,7 @@ always hold the unstacked one).
 """
 
 import dataclasses
+import functools
 from typing import Any, Dict, Optional, Tuple
 
 import flax.linen as nn
@@ -264,8 +265,9 @@ def init_params(config: GPTConfig, rng, batch: int = 1):
   return GPT(config).init(rng, tokens)["params"]
 
 
+@functools.lru_cache(maxsize=32)
 def abstract_params(config: GPTConfig):
-  """ShapeDtypeStructs of the params (no allocation)."""
+  """ShapeDtypeStructs of the params (no allocation; cached per config: read only)."""
   return jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
 
 

@@ -7,6 +7,7 @@ attention softmax and the quantizer run in float32 whatever the compute dtype.
 """
 
 import dataclasses
+import functools
 from typing import Any, Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -367,6 +368,7 @@ def init_variables(config: VQGANConfig, rng, image_size: Tuple[int, int] = None,
   return VQModel(config, dtype).init({"params": rng}, x)
 
 
+@functools.lru_cache(maxsize=32)
 def abstract_variables(config: VQGANConfig):
   """Shapes and dtypes of a VQModel's variables, without allocating them."""
   return jax.eval_shape(lambda: init_variables(config, jax.random.PRNGKey(0)))
