@@ -1,4 +1,4 @@
-"""Field sources and TF-free batches: order shared with the image pipeline, code datasets.
+"""Field sources and TF-free batches: order shared with the image pipeline.
 
 An `ArraySource` of ids 0..N-1 and a folder of N ID images (stored in id order) must
 give the same ids for the same seed and global batch: that is what lets the transformer
@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from data_helpers import id_image, ids_of, make_data_config, take, write_id_images
-from vqgan_jax.data import arrays, codes, pipeline, sources
+from vqgan_jax.data import arrays, pipeline, sources
 
 N = 10
 
@@ -167,108 +167,11 @@ def test_batch_argument_errors():
     arrays.train_batches([1, 2, 3], global_batch_size=2, seed=0)
 
 
-# ---- code datasets ------------------------------------------------------------------
-
-FIELDS = {"codes": ((4, 5), "int32"), "label": ((), "int32"), "cond": ((2, 2), "int16")}
-
-
-def _example_arrays(n):
-  rng = np.random.default_rng(0)
-  return {"codes": rng.integers(0, 1024, (n, 4, 5)).astype(np.int32),
-          "label": np.arange(n, dtype=np.int32),
-          "cond": rng.integers(0, 300, (n, 2, 2)).astype(np.int16)}
-
-
-def _write(directory, split, data, chunks, **kw):
-  n = len(data["label"])
-  with codes.CodeDatasetWriter(directory, split, n, FIELDS, **kw) as w:
-    for start, k in chunks:
-      w.write(start, {name: v[start:start + k] for name, v in data.items()})
-
-
-def test_code_dataset_written_in_chunks_reads_back_equal(tmp_path):
-  data = _example_arrays(N)
-  meta = {"vqgan": "/models/vqgan_f16", "code_grid": [4, 5]}
-  _write(tmp_path, "train", data, [(6, 4), (0, 3), (3, 3)], meta=meta)
-  _write(tmp_path, "validation", _example_arrays(3), [(0, 3)])
-  assert codes.list_splits(tmp_path) == ["train", "validation"]
-  src = codes.open_code_dataset(tmp_path, "train")
-  assert src.num_examples == N and src.meta == meta
-  assert src.spec == {"codes": ((4, 5), np.int32), "label": ((), np.int32),
-                      "cond": ((2, 2), np.int16)}
-  got = src.read(np.arange(N))
-  for name in FIELDS:
-    assert got[name].dtype == data[name].dtype and type(got[name]) is np.ndarray
-    np.testing.assert_array_equal(got[name], data[name])
-  info = codes.read_meta(tmp_path, "train")
-  assert info["num_examples"] == N and info["fields"]["cond"] == {"shape": [2, 2],
-                                                                  "dtype": "int16"}
-  # Same order as an ArraySource of ids: labels are the ids.
-  batches = _train(src, 4, global_batch_size=4, seed=5)
-  np.testing.assert_array_equal(_ids(batches, "label"),
-                                _ids(_train(_ids_source(), 4, global_batch_size=4, seed=5)))
-  np.testing.assert_array_equal(batches[0]["codes"], data["codes"][batches[0]["label"]])
-
-
-def test_writer_checks_what_it_is_given(tmp_path):
-  w = codes.CodeDatasetWriter(tmp_path, "train", 4, {"codes": ((2,), "int32")})
-  w.write(0, {"codes": np.array([[1, 2], [3, 4]], np.int64)})  # exact cast: accepted
-  with pytest.raises(ValueError, match="'codes' \\(int64\\) does not fit dtype int32"):
-    w.write(2, {"codes": np.full((1, 2), 2**40, np.int64)})
-  with pytest.raises(ValueError, match=r"'codes' has shape \(1, 3\), expected \[1, 2\]"):
-    w.write(2, {"codes": np.zeros((1, 3), np.int32)})
-  with pytest.raises(ValueError, match=r"fields \['codes', 'x'\], expected exactly"):
-    w.write(2, {"codes": np.zeros((1, 2), np.int32), "x": np.zeros((1,))})
-  with pytest.raises(ValueError, match=r"\[3, 5\) outside \[0, 4\)"):
-    w.write(3, {"codes": np.zeros((2, 2), np.int32)})
-  with pytest.raises(ValueError, match="meta: not JSON-serialisable"):
-    codes.CodeDatasetWriter(tmp_path, "x", 1, {"a": ((), "int32")}, meta={"f": object()})
-  with pytest.raises(ValueError, match=r"fields\['a'\].*plain numeric dtype"):
-    codes.CodeDatasetWriter(tmp_path, "x", 1, {"a": ((), object)})
-
-
-def test_incomplete_split_is_refused(tmp_path):
-  w = codes.CodeDatasetWriter(tmp_path, "train", 4, {"codes": ((2,), "int32")})
-  w.write(0, {"codes": np.zeros((2, 2), np.int32)})
-  with pytest.raises(ValueError, match=r"2 of 4 examples were never written \(first: 2\)"):
-    w.close()
-  with pytest.raises(RuntimeError):  # an extraction that dies half-way
-    with codes.CodeDatasetWriter(tmp_path, "val", 4, {"codes": ((2,), "int32")}) as w:
-      w.write(0, {"codes": np.zeros((4, 2), np.int32)})
-      raise RuntimeError("killed")
-  for split in ("train", "val"):
-    with pytest.raises(ValueError, match=f"{split} is incomplete: no meta.json"):
-      codes.open_code_dataset(tmp_path, split)
-  assert codes.list_splits(tmp_path) == []
-  assert codes.list_splits(tmp_path, include_incomplete=True) == ["train", "val"]
-  with pytest.raises(FileNotFoundError, match=r"No split 'test'.*complete splits: \[\]"):
-    codes.open_code_dataset(tmp_path, "test")
-
-
-def test_files_must_match_meta(tmp_path):
-  data = _example_arrays(N)
-  _write(tmp_path, "train", data, [(0, N)])
-  codes_file = os.path.join(tmp_path, "train", "codes.npy")
-  np.save(codes_file, data["codes"].astype(np.int64))
-  with pytest.raises(ValueError, match=r"codes.npy: int64\[10, 4, 5\], expected "
-                                       r"int32\[10, 4, 5\] \(from meta.json\)"):
-    codes.open_code_dataset(tmp_path, "train")
-  np.save(codes_file, data["codes"][:7])
-  with pytest.raises(ValueError, match=r"codes.npy: int32\[7, 4, 5\], expected int32\[10"):
-    codes.open_code_dataset(tmp_path, "train")
-  os.remove(codes_file)
-  with pytest.raises(FileNotFoundError, match=r"codes.npy: missing; expected int32\[10, 4"):
-    codes.open_code_dataset(tmp_path, "train")
-  with pytest.raises(FileExistsError, match="overwrite=True"):
-    _write(tmp_path, "train", data, [(0, N)])
-  _write(tmp_path, "train", data, [(0, N)], overwrite=True)
-  np.testing.assert_array_equal(codes.open_code_dataset(tmp_path, "train").read([3])["codes"],
-                                data["codes"][3:4])
-
+# ---- without TensorFlow ----------------------------------------------------------------
 
 _NO_TF_SCRIPT = """
 import importlib.abc, sys
-BLOCKED = ("tensorflow", "tensorflow_datasets")
+BLOCKED = ("tensorflow", "tensorflow_datasets", "array_record")
 class Block(importlib.abc.MetaPathFinder):
   def find_spec(self, name, path, target=None):
     if name.split(".")[0] in BLOCKED:
@@ -276,10 +179,7 @@ class Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Block())
 import numpy as np
 from vqgan_jax.data import arrays, codes
-with codes.CodeDatasetWriter(sys.argv[1], "train", 5, {"codes": ((2, 2), "int32"),
-                                                       "label": ((), "int32")}) as w:
-  w.write(0, {"codes": np.arange(20).reshape(5, 2, 2), "label": np.arange(5)})
-src = codes.open_code_dataset(sys.argv[1], "train")
+src = arrays.ArraySource({"codes": np.arange(20).reshape(5, 2, 2), "label": np.arange(5)}, "m")
 train = arrays.train_batches(src, global_batch_size=2, seed=0)
 batches = [next(train) for _ in range(4)]
 assert batches[0]["codes"].shape == (2, 2, 2)

@@ -1,241 +1,459 @@
-"""Code datasets: per-example arrays (code grids, labels, conditioning codes) as .npy files.
+"""Code datasets: VQGAN code grids (+ labels or cond codes) as a TFDS dataset directory.
 
-Layout of a code dataset directory:
+What `python -m vqgan_jax.extract_codes` writes and the transformer trainer reads:
 
-  <directory>/<split>/<field>.npy   dtype[N, *shape], one file per field
-  <directory>/<split>/meta.json     {"format_version", "num_examples",
-                                     "fields": {name: {"shape", "dtype"}}, "meta": {...}}
+  source = open_code_dataset(directory, "train")  # arrays.ArraySource, in source order
+  source.read([0, 5])  # {"z": int32[2, h, w]} + "label": int32[2] or "c": int32[2, hc, wc]
+  meta = read_meta(directory)   # vqgan_jax_codes.json: model, vocabulary, grids, conditioning
+  list_splits(directory)        # the finalised splits
 
-  with CodeDatasetWriter(d, "train", n, {"codes": ((16, 16), "int32"),
-                                         "label": ((), "int32")},
-                         meta={"vqgan": path, "code_grid": [16, 16]}) as w:
-    w.write(0, {"codes": int32[k, 16, 16], "label": int32[k]})   # any chunks, any order
-  source = open_code_dataset(d, "train")   # an arrays.ArraySource over read-only memmaps
+Layout of `directory`:
+  vqgan_jax_codes.json          our metadata (`read_meta`), written when a split is finalised
+  dataset_info.json, features.json      TFDS metadata of every finalised split
+  vqgan_codes-<split>.array_record-<i>-of-<n>   the records: `tfds.builder_from_directory`
+  vqgan_codes-<split>.tfrecord-<i>-of-<n>       loads it; `as_data_source` reads the
+                                array_record shards, `as_dataset` the tfrecord copy (absent
+                                with `--no_tfrecord`). TFDS 4.9 has no `as_dataset` over
+                                array_record, and `as_data_source` switches its builder's
+                                format for good: call `as_dataset` on a fresh builder.
+  _extraction/<split>/extraction.json   the arguments the split was started with
+  _extraction/<split>/chunk-<k>.array_record, chunk-<k>.json   finished chunks (and their
+                                example / skip counts) until the split is finalised
 
-`meta.json` is written last, by `close()`, and only once every example was written: a
-split without it is incomplete (an interrupted extraction) and `open_code_dataset`
-refuses it. Reading needs numpy only.
+Records are serialized `tf.train.Example`s of `code_features`: "z" int32[h, w], "index"
+int64 (the example's position in the source), and "label" int32 (class conditioning) or
+"c" int32[hc, wc] (the codes of the conditioning input).
+A split is extracted in chunks of consecutive source positions; each chunk file is written
+under a temporary name and renamed when complete, so a rerun after a kill skips the
+complete chunks. `finalize_split` renames the chunks (in order; empty ones dropped) to
+the TFDS shards, writes the TFDS metadata and then the sidecar: a split is readable once
+the sidecar lists it. TensorFlow, TFDS and array_record are imported inside functions only.
 """
 
 import json
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+import re
+import shlex
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from vqgan_jax.data.arrays import ArraySource
 
+FORMAT = "vqgan_jax/codes"
 FORMAT_VERSION = 1
-META_FILE = "meta.json"
-
-FieldSpec = Tuple[Sequence[int], Any]  # (per-example shape, dtype)
-
-
-def _split_dir(directory: str, split: str) -> str:
-  if not split or "/" in split or split in (".", ".."):
-    raise ValueError(f"split={split!r}: expected a plain directory name such as 'train'.")
-  return os.path.join(os.fspath(directory), split)
-
-
-def _field_file(split_dir: str, name: str) -> str:
-  return os.path.join(split_dir, f"{name}.npy")
+SIDECAR = "vqgan_jax_codes.json"
+MANIFEST = "extraction.json"
+WORK_DIR = "_extraction"
+TFDS_NAME = "vqgan_codes"
+MAX_SKIPPED_LISTED = 1000
+_PARSE_BATCH = 65536
+# Manifest fields that may change between runs (the model may move; the command differs
+# per process): everything else must match for a resume.
+_IGNORED_FIELDS = ("command", "dataset.vqgan.path", "dataset.conditioning.vqgan.path")
 
 
-def _check_spec(name: str, spec: FieldSpec) -> Tuple[Tuple[int, ...], np.dtype]:
-  """(shape, dtype) of field `name`, checked: non-negative ints, a numeric dtype."""
-  if not name or not isinstance(name, str) or "/" in name or name.startswith("."):
-    raise ValueError(f"fields: name {name!r} is not a usable file name (expected e.g. "
-                     "'codes' or 'label').")
-  try:
-    shape, dtype = spec
-    shape, dtype = tuple(int(d) for d in shape), np.dtype(dtype).newbyteorder("=")
-  except (TypeError, ValueError) as e:
-    raise ValueError(f"fields[{name!r}]={spec!r}: expected (shape, dtype), e.g. "
-                     f"((16, 16), 'int32'): {e}") from e
-  if any(d < 0 for d in shape) or dtype.hasobject or dtype.fields is not None:
-    raise ValueError(f"fields[{name!r}]: shape {shape} / dtype {dtype}: expected "
-                     "non-negative sizes and a plain numeric dtype.")
-  return shape, dtype
+def _json_dump(path: str, value: Any) -> None:
+  """Writes JSON atomically (a temporary file renamed over `path`)."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(value, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)
 
 
-class CodeDatasetWriter:
-  """Writes split `split` of a code dataset in chunks (see the module docstring).
+def _json_load(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)
 
-  Args:
-    directory: the dataset directory (created if needed).
-    split: the split name, a subdirectory of `directory`.
-    num_examples: N, the number of examples the split will hold.
-    fields: {name: (per-example shape, dtype)}, e.g. {"codes": ((16, 16), "int32")}.
-    meta: JSON-serialisable facts about the data (VQGAN path, code grid size, ...).
-    overwrite: replace a complete split of the same name (else FileExistsError).
+
+def check_split_name(split: str) -> str:
+  if not isinstance(split, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", split):
+    raise ValueError(f"split={split!r}: expected a name such as 'train' or 'validation' "
+                     "(letters, digits, '_').")
+  return split
+
+
+def work_dir(directory: str, split: str) -> str:
+  return os.path.join(os.fspath(directory), WORK_DIR, check_split_name(split))
+
+
+def chunk_path(directory: str, split: str, chunk: int, ext: str = "array_record") -> str:
+  return os.path.join(work_dir(directory, split), f"chunk-{chunk:06d}.{ext}")
+
+
+def shard_path(directory: str, split: str, i: int, n: int, fmt: str = "array_record") -> str:
+  return os.path.join(os.fspath(directory), f"{TFDS_NAME}-{split}.{fmt}-{i:05d}-of-{n:05d}")
+
+
+def tfds_fields(tfrecord: bool) -> Dict[str, Any]:
+  """The "tfds" entry of the metadata: the TFDS name and the shard formats written."""
+  return {"name": TFDS_NAME, "file_formats": ["tfrecord", "array_record"] if tfrecord
+          else ["array_record"]}
+
+
+def code_features(code_grid: Sequence[int], label: bool, cond_grid: Optional[Sequence[int]]):
+  """The TFDS FeaturesDict of one record (see the module docstring)."""
+  import tensorflow_datasets as tfds
+  f = {"z": tfds.features.Tensor(shape=tuple(code_grid), dtype=np.int32),
+       "index": tfds.features.Scalar(dtype=np.int64)}
+  if label:
+    f["label"] = tfds.features.Scalar(dtype=np.int32)
+  if cond_grid is not None:
+    f["c"] = tfds.features.Tensor(shape=tuple(cond_grid), dtype=np.int32)
+  return tfds.features.FeaturesDict(f)
+
+
+def field_specs(meta: Dict[str, Any]) -> Dict[str, tuple]:
+  """{name: (shape, dtype)} of the record fields that `meta` (the sidecar) describes."""
+  out = {"z": (tuple(meta["code_grid"]), np.dtype(np.int32)), "index": ((), np.dtype(np.int64))}
+  kind = meta["conditioning"]["kind"]
+  if kind == "class":
+    out["label"] = ((), np.dtype(np.int32))
+  elif kind == "vq":
+    out["c"] = (tuple(meta["conditioning"]["cond_grid"]), np.dtype(np.int32))
+  return out
+
+
+def serialize(z: np.ndarray, index: np.ndarray, label: Optional[np.ndarray] = None,
+              c: Optional[np.ndarray] = None) -> List[bytes]:
+  """k records: z int[k, h, w], index int[k], label int[k], c int[k, hc, wc].
+
+  Byte for byte what `code_features(...).serialize_example` gives, several times faster.
   """
-
-  def __init__(self, directory: str, split: str, num_examples: int,
-               fields: Mapping[str, FieldSpec], meta: Optional[Dict[str, Any]] = None,
-               overwrite: bool = False):
-    self.split_dir = _split_dir(directory, split)
-    if int(num_examples) < 0:
-      raise ValueError(f"num_examples={num_examples} must be >= 0.")
-    if not fields:
-      raise ValueError("fields: expected at least one {name: (shape, dtype)}.")
-    self.num_examples = int(num_examples)
-    self.fields = {name: _check_spec(name, spec) for name, spec in fields.items()}
-    self.meta = dict(meta or {})
-    try:
-      json.dumps(self.meta)
-    except (TypeError, ValueError) as e:
-      raise ValueError(f"meta: not JSON-serialisable ({e}); expected plain "
-                       "str / number / list / dict values.") from e
-    meta_path = os.path.join(self.split_dir, META_FILE)
-    if os.path.exists(meta_path):
-      if not overwrite:
-        raise FileExistsError(f"{self.split_dir} already holds a complete split; pass "
-                              "overwrite=True to replace it.")
-      os.remove(meta_path)  # from here on the split is incomplete until close()
-    os.makedirs(self.split_dir, exist_ok=True)
-    self._arrays = {
-        name: np.lib.format.open_memmap(_field_file(self.split_dir, name), mode="w+",
-                                        dtype=dtype, shape=(self.num_examples,) + shape)
-        for name, (shape, dtype) in self.fields.items()}
-    self._written = np.zeros((self.num_examples,), bool)
-
-  @property
-  def num_written(self) -> int:
-    """How many distinct examples have been written so far."""
-    return int(self._written.sum())
-
-  def write(self, start: int, batch: Mapping[str, np.ndarray]) -> None:
-    """Stores examples [start, start + k) from {name: dtype[k, *shape]} (every field).
-
-    Values are cast to the field's dtype when the cast is exact (int64 codes into an
-    int32 field); a lossy cast is an error.
-    """
-    if self._arrays is None:
-      raise ValueError(f"CodeDatasetWriter({self.split_dir}) is closed.")
-    if set(batch) != set(self.fields):
-      raise ValueError(f"write: fields {sorted(batch)}, expected exactly "
-                       f"{sorted(self.fields)}.")
-    batch = {name: np.asarray(v) for name, v in batch.items()}
-    k = {name: (v.shape[0] if v.ndim else -1) for name, v in batch.items()}
-    if len(set(k.values())) != 1 or -1 in k.values():
-      raise ValueError(f"write: leading sizes {k}; expected one batch size for every field.")
-    k = next(iter(k.values()))
-    if start < 0 or start + k > self.num_examples:
-      raise ValueError(f"write: examples [{start}, {start + k}) outside "
-                       f"[0, {self.num_examples}).")
-    for name, v in batch.items():
-      shape, dtype = self.fields[name]
-      if v.shape[1:] != shape:
-        raise ValueError(f"write: field {name!r} has shape {v.shape}, expected "
-                         f"[{k}, {', '.join(map(str, shape))}] ({dtype}).")
-      cast = v.astype(dtype, copy=False)
-      if cast.dtype != v.dtype and not np.array_equal(cast, v):
-        raise ValueError(f"write: field {name!r} ({v.dtype}) does not fit dtype {dtype}.")
-      self._arrays[name][start:start + k] = cast
-    self._written[start:start + k] = True
-
-  def close(self) -> None:
-    """Flushes the files and writes meta.json, which marks the split complete.
-
-    Raises:
-      ValueError: some examples were never written (meta.json is not written; the
-        split stays incomplete).
-    """
-    if self._arrays is None:
-      return
-    self._release()
-    missing = np.flatnonzero(~self._written)
-    if missing.size:
-      raise ValueError(f"{self.split_dir}: {missing.size} of {self.num_examples} examples "
-                       f"were never written (first: {int(missing[0])}); meta.json not "
-                       "written, the split stays incomplete.")
-    info = {"format_version": FORMAT_VERSION, "num_examples": self.num_examples,
-            "fields": {name: {"shape": list(shape), "dtype": dtype.name}
-                       for name, (shape, dtype) in self.fields.items()},
-            "meta": self.meta}
-    tmp = os.path.join(self.split_dir, META_FILE + ".tmp")
-    with open(tmp, "w") as f:
-      json.dump(info, f, indent=2)
-    os.replace(tmp, os.path.join(self.split_dir, META_FILE))
-
-  def _release(self) -> None:
-    for a in self._arrays.values():
-      a.flush()
-    self._arrays = None
-
-  def __enter__(self) -> "CodeDatasetWriter":
-    return self
-
-  def __exit__(self, exc_type, exc, tb) -> None:
-    if exc_type is None:
-      self.close()
-    elif self._arrays is not None:  # an error: keep what was written, leave it incomplete
-      self._release()
+  from tensorflow.core.example import example_pb2
+  def rows(a):
+    return np.asarray(a).reshape(len(a), int(np.prod(np.shape(a)[1:]))).tolist()
+  columns = {"z": rows(z), "index": rows(index)}
+  if label is not None:
+    columns["label"] = rows(label)
+  if c is not None:
+    columns["c"] = rows(c)
+  records = []
+  for i in range(len(columns["z"])):
+    ex = example_pb2.Example()
+    feature = ex.features.feature
+    for name in sorted(columns):
+      feature[name].int64_list.value.extend(columns[name][i])
+    records.append(ex.SerializeToString())
+  return records
 
 
-def list_splits(directory: str, include_incomplete: bool = False) -> List[str]:
-  """Sorted split names in `directory` (complete ones only, unless asked); [] if none."""
-  directory = os.fspath(directory)
-  if not os.path.isdir(directory):
-    return []
-  return sorted(s for s in os.listdir(directory)
-                if os.path.isdir(os.path.join(directory, s)) and
-                (include_incomplete or os.path.isfile(os.path.join(directory, s, META_FILE))))
+def _write_array_record(path: str, records: Sequence[bytes]) -> None:
+  """Writes `records` to `path` through a temporary file (renamed when complete)."""
+  from array_record.python.array_record_module import ArrayRecordWriter
+  tmp = f"{path}.tmp-{os.getpid()}"
+  writer = ArrayRecordWriter(tmp, "group_size:1")
+  for r in records:
+    writer.write(r)
+  writer.close()
+  os.replace(tmp, path)
 
 
-def read_meta(directory: str, split: str) -> Dict[str, Any]:
-  """The parsed meta.json of a complete split.
+def _read_array_record(path: str) -> List[bytes]:
+  from array_record.python.array_record_module import ArrayRecordReader
+  reader = ArrayRecordReader(path)
+  try:
+    return reader.read_all()
+  finally:
+    reader.close()
+
+
+# ---- extraction bookkeeping -------------------------------------------------------------
+
+def _flat(d: Any, prefix: str = "") -> Dict[str, Any]:
+  """{"a.b": leaf} of nested dicts (lists are leaves)."""
+  if not isinstance(d, dict):
+    return {prefix: d}
+  out = {}
+  for k, v in d.items():
+    out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+  return out
+
+
+def differing_fields(old: Dict[str, Any], new: Dict[str, Any],
+                     ignore: Sequence[str] = _IGNORED_FIELDS) -> List[str]:
+  """'field: old -> new' for every dotted field that differs (values shortened)."""
+  a, b = _flat(old), _flat(new)
+
+  def short(v):
+    s = json.dumps(v)
+    return s if len(s) <= 80 else s[:77] + "..."
+  return [f"{k}: {short(a.get(k))} -> {short(b.get(k))}" for k in sorted(set(a) | set(b))
+          if k not in ignore and a.get(k) != b.get(k)]
+
+
+def _restart_hint(directory: str, split: str) -> str:
+  return (f"write to a new --out directory, or delete {work_dir(directory, split)} to "
+          "restart an unfinished split")
+
+
+def begin_split(directory: str, split: str, manifest: Dict[str, Any]) -> bool:
+  """Records (or checks) the arguments of an extraction; True when the split is finalised.
+
+  `manifest` = {"dataset": fields shared by every split (model, vocabulary, grids,
+  conditioning, record fields), "source": ..., "chunk_size", "num_chunks", "command"}.
 
   Raises:
-    FileNotFoundError: no such split.
-    ValueError: the split is incomplete (no meta.json) or meta.json is malformed.
+    ValueError: the split was started with other arguments, or another split of the
+      directory has other dataset fields; the message names each differing field.
   """
-  split_dir = _split_dir(directory, split)
-  if not os.path.isdir(split_dir):
-    raise FileNotFoundError(f"No split {split!r} in code dataset {directory} (complete "
-                            f"splits: {list_splits(directory)}).")
-  path = os.path.join(split_dir, META_FILE)
-  if not os.path.isfile(path):
-    raise ValueError(f"Code dataset split {split_dir} is incomplete: no {META_FILE} "
-                     "(CodeDatasetWriter.close() writes it once every example is written; "
-                     "the extraction was interrupted or is still running). Run it again.")
-  try:
-    with open(path) as f:
-      info = json.load(f)
-    int(info["num_examples"])
-    for name, spec in info["fields"].items():
-      _check_spec(name, (spec["shape"], spec["dtype"]))
-  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-    raise ValueError(f"{path}: malformed ({type(e).__name__}: {e}); expected "
-                     "num_examples and fields {name: {shape, dtype}}.") from e
-  if info.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-    raise ValueError(f"{path}: format_version {info['format_version']}, expected <= "
-                     f"{FORMAT_VERSION} (written by a newer vqgan_jax).")
+  directory = os.fspath(directory)
+  wd = work_dir(directory, split)
+  path = os.path.join(wd, MANIFEST)
+  others, finalised_source = {}, None
+  if os.path.isfile(os.path.join(directory, SIDECAR)):
+    meta = read_meta(directory)
+    others["the finalised splits"] = {k: meta[k] for k in manifest["dataset"] if k in meta}
+    if split in meta["splits"]:
+      finalised_source = meta["splits"][split]["source"]
+  root = os.path.join(directory, WORK_DIR)
+  for other in sorted(os.listdir(root)) if os.path.isdir(root) else ():
+    other_path = os.path.join(root, other, MANIFEST)
+    if other != split and os.path.isfile(other_path):
+      others[f"split {other!r}"] = _json_load(other_path)["dataset"]
+  for name, dataset in others.items():
+    diff = differing_fields({"dataset": dataset}, {"dataset": manifest["dataset"]})
+    if diff:
+      raise ValueError(f"{directory}: {name} used other settings than "
+                       f"split {split!r} asks for (differing fields: {'; '.join(diff)}); "
+                       "every split of a code dataset shares its model, size and "
+                       "conditioning: use another --out directory.")
+  diff = differing_fields({"source": finalised_source}, {"source": manifest["source"]})
+  if finalised_source is not None and diff:
+    raise ValueError(f"{directory}: split {split!r} is finalised, from another source "
+                     f"(differing fields: {'; '.join(diff)}).")
+  if os.path.isfile(path):
+    diff = differing_fields(_json_load(path), manifest)
+    if diff:
+      raise ValueError(f"{path}: split {split!r} was started with other arguments "
+                       f"(differing fields: {'; '.join(diff)}); rerun with the original "
+                       f"arguments to resume, or {_restart_hint(directory, split)}.")
+  else:
+    os.makedirs(wd, exist_ok=True)
+    _json_dump(path, manifest)
+  return split in list_splits(directory)
+
+
+def chunk_stats(directory: str, split: str, chunk: int) -> Optional[Dict[str, Any]]:
+  """The stats of a complete chunk ({"num_examples", "skipped": [...]}), None if missing."""
+  path = chunk_path(directory, split, chunk, "json")
+  return _json_load(path) if os.path.isfile(path) else None
+
+
+def write_chunk(directory: str, split: str, chunk: int, records: Sequence[bytes],
+                stats: Dict[str, Any]) -> None:
+  """Stores one finished chunk: its records (if any), then its stats, which mark it done."""
+  if records:
+    _write_array_record(chunk_path(directory, split, chunk), records)
+  _json_dump(chunk_path(directory, split, chunk, "json"),
+             dict(stats, num_examples=len(records)))
+
+
+def _tfds_info(directory: str, meta: Dict[str, Any]):
+  """The TFDS DatasetInfo of every split in `meta` (the sidecar)."""
+  from tensorflow_datasets.core import dataset_info, file_adapters, naming, utils
+  from tensorflow_datasets.core import splits as split_lib
+  formats = meta["tfds"]["file_formats"]
+  template = naming.ShardedFileTemplate(
+      data_dir=directory, template=naming.DEFAULT_FILENAME_TEMPLATE, dataset_name=TFDS_NAME,
+      filetype_suffix=formats[0])
+  identity = dataset_info.DatasetIdentity(name=TFDS_NAME, version=utils.Version("1.0.0"),
+                                          data_dir=directory, module_name="")
+  cond = meta["conditioning"]
+  info = dataset_info.DatasetInfo(
+      builder=identity,
+      features=code_features(meta["code_grid"], cond["kind"] == "class",
+                             cond.get("cond_grid") if cond["kind"] == "vq" else None),
+      description=f"VQGAN codes written by vqgan_jax.extract_codes; see {SIDECAR}.",
+      disable_shuffling=True, alternative_file_formats=formats[1:])
+  info.set_file_format(file_adapters.FileFormat.from_value(formats[0]))
+  info.set_splits(split_lib.SplitDict([
+      split_lib.SplitInfo(name=name, shard_lengths=s["shard_lengths"], num_bytes=s["num_bytes"],
+                          filename_template=template)
+      for name, s in sorted(meta["splits"].items())]))
   return info
 
 
-def open_code_dataset(directory: str, split: str) -> ArraySource:
-  """Split `split` as an `ArraySource` over read-only memmaps; `.meta` is the user meta.
+def finalize_split(directory: str, split: str) -> Dict[str, Any]:
+  """Turns the complete chunks of `split` into TFDS shards + metadata; returns its entry.
+
+  Idempotent: a finalisation killed half-way is finished by calling it again.
 
   Raises:
-    FileNotFoundError: no such split, or a field's .npy file is missing.
-    ValueError: the split is incomplete, or a file's shape / dtype differs from meta.json.
+    ValueError: a chunk is missing, or no example of the split could be read.
   """
-  info = read_meta(directory, split)
-  split_dir = _split_dir(directory, split)
-  n = int(info["num_examples"])
-  arrays = {}
-  for name, spec in info["fields"].items():
-    shape, dtype = _check_spec(name, (spec["shape"], spec["dtype"]))
-    path, want = _field_file(split_dir, name), (n,) + shape
-    expected = f"expected {dtype}[{', '.join(map(str, want))}] (from {META_FILE})"
+  directory = os.fspath(directory)
+  manifest = _json_load(os.path.join(work_dir(directory, split), MANIFEST))
+  dataset, num_chunks = manifest["dataset"], manifest["num_chunks"]
+  stats = [chunk_stats(directory, split, k) for k in range(num_chunks)]
+  missing = [k for k, s in enumerate(stats) if s is None]
+  if missing:
+    raise ValueError(f"split {split!r}: chunks {missing[:10]} of {num_chunks} are missing.")
+  full = [k for k, s in enumerate(stats) if s["num_examples"]]
+  skipped = [item for s in stats for item in s["skipped"]]
+  if not full:
+    raise ValueError(f"split {split!r}: none of its {manifest['source']['num_examples']} "
+                     f"source examples could be read ({len(skipped)} skipped).")
+  formats = dataset["tfds"]["file_formats"]
+  num_bytes = 0
+  for i, k in enumerate(full):
+    dst = shard_path(directory, split, i, len(full))
+    if os.path.exists(chunk_path(directory, split, k)):
+      os.replace(chunk_path(directory, split, k), dst)
+    elif not os.path.exists(dst):
+      raise ValueError(f"split {split!r}: chunk {k} has neither its chunk file nor its "
+                       f"shard {dst}; {_restart_hint(directory, split)}.")
+    num_bytes += os.path.getsize(dst)
+    if "tfrecord" in formats:
+      tf_dst = shard_path(directory, split, i, len(full), "tfrecord")
+      if not os.path.exists(tf_dst):
+        from vqgan_jax.data.pipeline import _tf
+        tf = _tf()
+        tmp = f"{tf_dst}.tmp-{os.getpid()}"
+        with tf.io.TFRecordWriter(tmp) as w:
+          for r in _read_array_record(dst):
+            w.write(r)
+        os.replace(tmp, tf_dst)
+  sidecar_path = os.path.join(directory, SIDECAR)
+  meta = _json_load(sidecar_path) if os.path.isfile(sidecar_path) else {
+      "format": FORMAT, "format_version": FORMAT_VERSION, **dataset, "splits": {}}
+  meta["splits"][split] = {
+      "num_examples": sum(stats[k]["num_examples"] for k in full),
+      "num_skipped": len(skipped), "skipped": skipped[:MAX_SKIPPED_LISTED],
+      "source": manifest["source"], "shard_lengths": [stats[k]["num_examples"] for k in full],
+      "num_bytes": num_bytes}
+  _tfds_info(directory, meta).write_to_directory(directory)
+  _json_dump(sidecar_path, meta)  # from here on the split is readable
+  for k in range(num_chunks):
+    os.remove(chunk_path(directory, split, k, "json"))
+  return meta["splits"][split]
+
+
+# ---- reading ---------------------------------------------------------------------------
+
+def read_meta(directory: str) -> Dict[str, Any]:
+  """The parsed, checked vqgan_jax_codes.json of a code dataset.
+
+  Keys: format, format_version, vqgan {path, which, config (VQGANConfig.to_dict()),
+  fingerprint (sha256 of the variables)}, n_embed (the vocabulary of "z"), code_grid
+  [h, w], image_size, conditioning {kind: "none" | "class" (n_classes, class_names or
+  null) | "vq" (cond_type "image" | "depth" | "segmentation", vqgan {...}, n_embed,
+  cond_grid [hc, wc], input_size, in_channels, downsample_cond_size (-1: none),
+  shift_segmentation)}, tfds {name, file_formats}, splits {split: {num_examples,
+  num_skipped, skipped [{index, source, reason}] (the first 1000), source {kind "images"
+  | "tfds", ...}, shard_lengths, num_bytes}}.
+
+  Raises:
+    FileNotFoundError: no such directory, or not a code dataset (no sidecar).
+    ValueError: the sidecar is malformed or from a newer vqgan_jax.
+  """
+  directory = os.fspath(directory)
+  path = os.path.join(directory, SIDECAR)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"{directory}: no such code dataset directory.")
+  if not os.path.isfile(path):
+    started = list_splits(directory, include_incomplete=True)
+    why = (f"its splits {started} are not finalised yet" if started else
+           "write one with `python -m vqgan_jax.extract_codes`")
+    raise FileNotFoundError(f"{directory}: not a code dataset (no {SIDECAR}); {why}.")
+  try:
+    meta = _json_load(path)
+    if meta.get("format") != FORMAT:
+      raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT!r}")
+    if meta["format_version"] > FORMAT_VERSION:
+      raise ValueError(f"format_version {meta['format_version']} is newer than this "
+                       f"vqgan_jax reads ({FORMAT_VERSION}); upgrade vqgan_jax")
+    missing = [k for k in ("vqgan", "n_embed", "image_size", "tfds", "splits") if k not in meta]
+    if missing:
+      raise KeyError(f"missing keys {missing}")
+    field_specs(meta)
+    for name, s in meta["splits"].items():
+      if sum(s["shard_lengths"]) != s["num_examples"]:
+        raise ValueError(f"split {name!r}: shard_lengths do not add up to num_examples")
+  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    raise ValueError(f"{path}: malformed code dataset metadata ({type(e).__name__}: "
+                     f"{e}).") from e
+  return meta
+
+
+def list_splits(directory: str, include_incomplete: bool = False) -> List[str]:
+  """Sorted names of the finalised splits (and with `include_incomplete`, the started ones)."""
+  directory = os.fspath(directory)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"{directory}: no such code dataset directory.")
+  splits = set()
+  path = os.path.join(directory, SIDECAR)
+  if os.path.isfile(path):
+    splits.update(_json_load(path).get("splits", {}))
+  root = os.path.join(directory, WORK_DIR)
+  if include_incomplete and os.path.isdir(root):
+    splits.update(s for s in os.listdir(root) if os.path.isfile(os.path.join(root, s, MANIFEST)))
+  return sorted(splits)
+
+
+def _incomplete(directory: str, split: str) -> str:
+  """Why `split` cannot be read yet, and how to finish it."""
+  manifest = _json_load(os.path.join(work_dir(directory, split), MANIFEST))
+  n = manifest["num_chunks"]
+  done = sum(chunk_stats(directory, split, k) is not None for k in range(n))
+  command = " ".join(["python -m vqgan_jax.extract_codes"] +
+                     [shlex.quote(a) for a in manifest["command"]])
+  return (f"split {split!r} of code dataset {directory} is incomplete: {done} of {n} "
+          "chunks are written and it is not finalised (the extraction was interrupted or "
+          f"is still running). Finish it by running `{command}` again (add --process_index "
+          "/ --process_count as before; complete chunks are kept, and process 0 finalises "
+          "the split once every chunk exists).")
+
+
+def open_code_dataset(directory: str, split: str) -> ArraySource:
+  """A finalised split in memory, in source order, as an `ArraySource`.
+
+  Fields: "z" int32[N, h, w]; "label" int32[N] (class conditioning) or "c"
+  int32[N, hc, wc] (VQ conditioning). `.meta` is `read_meta(directory)` plus "split".
+
+  Raises:
+    FileNotFoundError: no such directory / split, or a shard file is missing.
+    ValueError: the split is incomplete (the message says how to finish it) or its files
+      do not match the metadata.
+  """
+  directory = os.fspath(directory)
+  check_split_name(split)
+  if not os.path.isfile(os.path.join(directory, SIDECAR)) or split not in list_splits(directory):
+    if os.path.isfile(os.path.join(work_dir(directory, split), MANIFEST)):
+      raise ValueError(_incomplete(directory, split))
+    meta = read_meta(directory)
+    raise FileNotFoundError(f"{directory}: no split {split!r} (finalised splits: "
+                            f"{sorted(meta['splits'])}).")
+  meta = read_meta(directory)
+  entry, specs = meta["splits"][split], field_specs(meta)
+  from vqgan_jax.data.pipeline import _tf
+  tf = _tf()
+  parse_spec = {name: tf.io.FixedLenFeature(shape, tf.int64) for name, (shape, _) in specs.items()}
+  total = entry["num_examples"]
+  out = {name: np.empty((total,) + shape, dtype) for name, (shape, dtype) in specs.items()}
+  pos, pending = 0, []
+
+  def parse():
+    nonlocal pos, pending
+    if pending:
+      parsed = tf.io.parse_example(tf.constant(pending), parse_spec)
+      for name, v in parsed.items():
+        out[name][pos:pos + len(pending)] = tf.cast(v, out[name].dtype).numpy()
+      pos, pending = pos + len(pending), []
+
+  n = len(entry["shard_lengths"])
+  for i, length in enumerate(entry["shard_lengths"]):
+    path = shard_path(directory, split, i, n)
     if not os.path.isfile(path):
-      raise FileNotFoundError(f"{path}: missing; {expected}.")
-    try:
-      a = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as e:
-      raise ValueError(f"{path}: unreadable as .npy ({e}); {expected}.") from e
-    if a.shape != want or a.dtype != dtype:
-      raise ValueError(f"{path}: {a.dtype}{list(a.shape)}, {expected}.")
-    arrays[name] = a
-  return ArraySource(arrays, f"code dataset {split_dir}", meta=info["meta"])
+      raise FileNotFoundError(f"{path}: missing shard {i} of {n} of split {split!r}.")
+    records = _read_array_record(path)
+    if len(records) != length or pos + len(pending) + length > total:
+      raise ValueError(f"{path}: {len(records)} records, expected {length} ({SIDECAR}).")
+    pending.extend(records)
+    if len(pending) >= _PARSE_BATCH:
+      parse()
+  parse()
+  index = out.pop("index")
+  if total > 1 and not (np.diff(index) > 0).all():
+    raise ValueError(f"{directory} [{split}]: records are not in source order (field 'index').")
+  return ArraySource(out, f"code dataset {directory} [{split}]", meta=dict(meta, split=split))
