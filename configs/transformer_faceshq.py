@@ -1,8 +1,13 @@
 """Faces from coordinates (taming's configs/faceshq_transformer.yaml: CoordStage).
 
-The conditioning is a coordinate map in [0, 1], area-pooled by 16 and rounded to
-round(1024 * c): 256 tokens before the 256 image codes (block 512). Its tokens are
-written by the code extraction as conditioning codes ("c").
+    python -m vqgan_jax.extract_codes --vqgan VQGAN_DIR --out codes/faces \
+        --images faces/ --split train --size 256
+    python train_transformer.py --config=configs/transformer_faceshq.py --workdir=runs/faces \
+        --config.data.codes=codes/faces
+
+The conditioning is taming's FacesHQ coordinate map of the (whole, un-cropped) image,
+arange(H*W) / (H*W), area-pooled by 16 and rounded to round(1024 * c): 256 tokens
+before the 256 image codes (block 512), the same for every image.
 """
 
 from vqgan_jax.training.gpt_config import base_config, recipe

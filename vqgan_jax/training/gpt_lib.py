@@ -51,6 +51,7 @@ class GPTTrainSetup:
   accum_steps: int = 1
   accum_unroll: bool = True
   first_stage: Optional[VQModel] = None   # set when images are encoded in the step
+  image_size: int = 0             # of the codes: the coordinate map of a "coord" model
 
   @property
   def gpt(self) -> gpt_lib.GPT:
@@ -85,7 +86,7 @@ def make_optimizer(schedule, b1: float, b2: float, eps: float, weight_decay: flo
 
 
 def build_setup(config, gpt_config: gpt_lib.GPTConfig, n2n: n2n_lib.Net2NetConfig,
-                first_stage: Optional[VQModel] = None) -> GPTTrainSetup:
+                first_stage: Optional[VQModel] = None, image_size: int = 0) -> GPTTrainSetup:
   """The setup of a training config whose sizes are resolved (see gpt_trainer.resolve)."""
   from vqgan_jax.training import gpt_config as gpt_config_lib
   o = config.optim
@@ -95,7 +96,8 @@ def build_setup(config, gpt_config: gpt_lib.GPTConfig, n2n: n2n_lib.Net2NetConfi
                       float(o.weight_decay), float(o.grad_clip_norm))
   return GPTTrainSetup(gpt_config=gpt_config, n2n=n2n, tx=tx, schedule=schedule,
                        seed=int(config.seed), accum_steps=int(o.accum_steps),
-                       accum_unroll=o.accum_loop == "unrolled", first_stage=first_stage)
+                       accum_unroll=o.accum_loop == "unrolled", first_stage=first_stage,
+                       image_size=int(image_size))
 
 
 def init_state(setup: GPTTrainSetup, rng, params=None) -> GPTTrainState:
@@ -135,7 +137,17 @@ def cond_tokens(setup: GPTTrainSetup, batch, batch_size: int, rng=None, train: b
       drop = jax.random.bernoulli(rng, n.label_dropout, labels.shape)
       labels = jnp.where(drop, n.n_classes, labels)
     return labels
+  if n.cond == "coord" and "c" not in batch:
+    return jnp.broadcast_to(coord_map_tokens(n, setup.image_size), (batch_size, n.n_cond_tokens))
   return batch["c"].reshape(batch_size, -1).astype(jnp.int32)
+
+
+def coord_map_tokens(n2n: n2n_lib.Net2NetConfig, image_size: int):
+  """int32[1, n_c]: CoordStage tokens of taming's FacesHQ coordinate map for an image
+  seen whole (size = crop): arange(H*W).reshape(H, W, 1) / (H*W)."""
+  ramp = np.arange(image_size * image_size, dtype=np.float32) / (image_size * image_size)
+  ramp = jnp.asarray(ramp.reshape(1, image_size, image_size, 1))
+  return n2n_lib.coord_tokens(ramp, n2n.coord_n_embed, n2n.coord_down_factor)[1]
 
 
 def token_nll(setup: GPTTrainSetup, params, batch, rng, train: bool, first_stage_vars=None):

@@ -39,6 +39,7 @@ class Resolved:
   gpt_config: gpt_lib.GPTConfig
   n2n: n2n_lib.Net2NetConfig
   meta: Optional[Dict[str, Any]]  # the code dataset's metadata
+  image_size: int                 # pixels per side of the training images
 
 
 def _load_stage(path: str, yaml: str, which: str, field: str):
@@ -77,7 +78,7 @@ def resolve(config) -> Resolved:
     _same_model(first.config, vq_meta["config"], "first_stage", config.data.codes)
     fields["z_shape"] = tuple(meta["code_grid"])
     kind = meta.get("conditioning", {}).get("kind", "none")
-    want = {"none": ("sos",), "class": ("class",), "vq": ("vq", "coord")}.get(kind, ())
+    want = {"none": ("sos", "coord"), "class": ("class",), "vq": ("vq",)}.get(kind, ())
     if n.cond not in want:
       raise loop.TrainingError(
           f"net2net.cond: {n.cond!r} does not fit the codes in {config.data.codes}, whose "
@@ -100,6 +101,12 @@ def resolve(config) -> Resolved:
       fields["cond_shape"] = tuple(cond["cond_grid"])
       fields["cond_stage_key"] = cond.get("cond_type", "image")
       fields["downsample_cond_size"] = int(cond.get("downsample_cond_size", -1))
+    if n.cond == "coord":  # the coordinate map of the whole image, as FacesHQ with coord
+      size, f = int(meta["image_size"]), int(n.coord_down_factor)
+      if size % f:
+        raise loop.TrainingError(f"net2net.coord_down_factor: {f} does not divide the codes' "
+                                 f"image size {size}")
+      fields["cond_shape"] = (size // f, size // f)
     first_source = source
   else:
     first_source = config.first_stage
@@ -128,7 +135,8 @@ def resolve(config) -> Resolved:
   if errors:
     raise loop.TrainingError("the transformer does not fit its first stage and data:\n  "
                              + "\n  ".join(errors))
-  return Resolved(first, first_source, cond_stage, cond_source, gpt_cfg, n2n, meta)
+  image_size = int(meta["image_size"]) if meta else int(config.data.images.crop_size)
+  return Resolved(first, first_source, cond_stage, cond_source, gpt_cfg, n2n, meta, image_size)
 
 
 class GPTTask(loop.TrainTask):
@@ -141,7 +149,8 @@ class GPTTask(loop.TrainTask):
     self.r = resolve(config)
     on_the_fly = bool(config.data.on_the_fly)
     self.setup = lib.build_setup(config, self.r.gpt_config, self.r.n2n,
-                                 VQModel(self.r.first_stage.config) if on_the_fly else None)
+                                 VQModel(self.r.first_stage.config) if on_the_fly else None,
+                                 self.r.image_size)
     self.mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     self.steps = lib.CompiledSteps(self.setup, self.mesh, config_lib.sharding_rules(config))
     self.abstract_state = self.steps.abstract_state
