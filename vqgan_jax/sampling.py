@@ -1,12 +1,26 @@
-"""Autoregressive sampling with a fixed-shape KV cache, jitted once per (batch, length).
+"""Autoregressive sampling: a KV-cached sampler and a sliding-window sampler, both jitted.
 
     codes = sample_tokens(gpt_config, params, c_tokens, steps=256, rng=key, top_k=100)
+    grid = sample_window(gpt_config, params, cond, (42, 64), (16, 16), rng=key, top_k=100)
 
 The conditioning (and any kept prefix of image tokens) is fed in one prefill call; then
 a `lax.fori_loop` feeds one token per step into the cache, so the compiled program does
 not depend on the number of steps' values, only on the shapes. Each sample has its own
 PRNG key (`jax.random.split(rng, B)`), folded with the step index: a sample does not
 depend on which other samples share its batch.
+
+`sample_window` samples latents larger than the model's window as taming's
+sample_conditional.py does: for every position (raster order) the window of the trained
+grid size is placed by `window_placement` on each axis (at the border for the first
+half-window, centred on the current token in the interior, clamped at the far border),
+the spatial conditioning is cropped to the same window, and one full forward of
+cat(cond_window, codes_window)[:-1] gives the logits of the current token. The whole
+loop is one `lax.fori_loop`: no Python per token. A completion keeps the raster prefix
+before `start` on every row (taming's script re-applies its start column on each row).
+
+Classifier-free guidance (beyond taming; class-conditional models trained with
+`net2net.label_dropout`): with `guidance` g != 1 the logits are
+uncond + g * (cond - uncond), the unconditional ones from the "no class" token.
 
 `filter_logits` is transformers 4.3.1's `top_k_top_p_filtering`, which taming's
 `sample_with_past` uses: top-k keeps every logit >= the k-th largest (ties kept); top-p
@@ -18,6 +32,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vqgan_jax.nn import gpt as gpt_lib
 
@@ -53,11 +68,13 @@ def _pick(logits, keys, step, temperature, top_k, top_p, greedy):
 
 def sample_tokens(config: gpt_lib.GPTConfig, params, c_tokens, steps: int, rng=None,
                   z_prefix=None, temperature: float = 1.0, top_k: Optional[int] = None,
-                  top_p: Optional[float] = None, greedy: bool = False):
+                  top_p: Optional[float] = None, greedy: bool = False,
+                  guidance: float = 1.0, uncond_tokens=None):
   """int32[B, steps] continuing cat(c_tokens, z_prefix) under the GPT `params`.
 
   Needs n_c + n_prefix + steps - 1 <= block_size (the last token is never fed back).
-  The jitted program is cached per (shapes, steps, sampling settings).
+  With `guidance` != 1, `uncond_tokens` int[B, n_c] (the "no class" token) give the
+  unconditional logits. The jitted program is cached per (shapes, steps, settings).
   """
   c_tokens = jnp.asarray(c_tokens, jnp.int32)
   b = c_tokens.shape[0]
@@ -77,39 +94,163 @@ def sample_tokens(config: gpt_lib.GPTConfig, params, c_tokens, steps: int, rng=N
   if not greedy and not temperature > 0:
     raise ValueError(f"sample_tokens: temperature must be > 0, got {temperature}")
   rng = jax.random.PRNGKey(0) if rng is None else rng
-  cfg = gpt_lib.GPTConfig(**dict(config.to_dict(), scan_layers=False, remat="none"))
+  guided = float(guidance) != 1.0
+  if guided:
+    if uncond_tokens is None:
+      raise ValueError("sample_tokens: guidance != 1 needs uncond_tokens (the 'no class' "
+                       "token of a model trained with label dropout)")
+    uncond_tokens = jnp.broadcast_to(jnp.asarray(uncond_tokens, jnp.int32), c_tokens.shape)
+  cfg = _plain(config)
   fn = _compiled(cfg, int(steps), need, float(temperature), top_k if top_k else None,
-                 None if top_p is None else float(top_p), bool(greedy))
-  return fn({"params": gpt_lib.unstack_blocks(params)}, c_tokens, prefix, rng)
+                 None if top_p is None else float(top_p), bool(greedy),
+                 float(guidance) if guided else None)
+  return fn({"params": gpt_lib.unstack_blocks(params)}, c_tokens, prefix, rng,
+            uncond_tokens if guided else c_tokens)
+
+
+def _plain(config: gpt_lib.GPTConfig) -> gpt_lib.GPTConfig:
+  """The config for inference: unrolled layers, no remat."""
+  return gpt_lib.GPTConfig(**dict(config.to_dict(), scan_layers=False, remat="none"))
+
+
+def _guide(logits, guidance):
+  """[2B, ...] logits (cond rows first) -> [B, ...] uncond + g * (cond - uncond)."""
+  if guidance is None:
+    return logits
+  cond, uncond = jnp.split(logits, 2, axis=0)
+  return uncond + guidance * (cond - uncond)
 
 
 _CACHE = {}
 
 
-def _compiled(cfg, steps, cache_len, temperature, top_k, top_p, greedy):
-  key = (cfg, steps, cache_len, temperature, top_k, top_p, greedy)
+def _compiled(cfg, steps, cache_len, temperature, top_k, top_p, greedy, guidance):
+  key = ("tokens", cfg, steps, cache_len, temperature, top_k, top_p, greedy, guidance)
   if key not in _CACHE:
     model = gpt_lib.GPT(cfg)
+    pick = lambda logits, keys, i: _pick(_guide(logits, guidance), keys, i, temperature,
+                                         top_k, top_p, greedy)
+    twice = (lambda x: jnp.concatenate([x, x], axis=0)) if guidance is not None else (
+        lambda x: x)
 
-    def run(variables, c_tokens, prefix, rng):
+    def run(variables, c_tokens, prefix, rng, uncond_tokens):
       b = c_tokens.shape[0]
       keys = jax.random.split(rng, b)
-      start = jnp.concatenate([c_tokens, prefix], axis=1)
+      if guidance is not None:
+        c_tokens = jnp.concatenate([c_tokens, uncond_tokens], axis=0)
+      start = jnp.concatenate([c_tokens, twice(prefix)], axis=1)
       n0 = start.shape[1]
-      cache = gpt_lib.init_cache(cfg, b, cache_len)
+      cache = gpt_lib.init_cache(cfg, start.shape[0], cache_len)
       logits, cache = model.apply(variables, start, cache=cache, index=0)
-      first = _pick(logits[:, -1], keys, 0, temperature, top_k, top_p, greedy)
+      first = pick(logits[:, -1], keys, 0)
       out = jnp.zeros((b, steps), jnp.int32).at[:, 0].set(first)
 
       def body(i, carry):
         out, cache = carry
-        prev = jax.lax.dynamic_slice_in_dim(out, i - 1, 1, axis=1)
+        prev = twice(jax.lax.dynamic_slice_in_dim(out, i - 1, 1, axis=1))
         logits, cache = model.apply(variables, prev, cache=cache, index=n0 + i - 1)
-        tok = _pick(logits[:, -1], keys, i, temperature, top_k, top_p, greedy)
+        tok = pick(logits[:, -1], keys, i)
         return jax.lax.dynamic_update_slice_in_dim(out, tok[:, None], i, axis=1), cache
 
       out, _ = jax.lax.fori_loop(1, steps, body, (out, cache))
       return out
+
+    _CACHE[key] = jax.jit(run)
+  return _CACHE[key]
+
+
+# ---- sliding window --------------------------------------------------------------------------
+
+def window_placement(i, size: int, window: int):
+  """(origin, local) of the window on one axis for the token at index i of `size`:
+  taming's placement generalised from its hard-coded 16 (half = window // 2): at the
+  border while i <= half, the token at local index `half` in the interior, clamped to
+  [size - window, size) at the far border. Works on ints and traced values."""
+  half = window // 2
+  if isinstance(i, (int, np.integer)):
+    local = i if i <= half else (window - (size - i) if size - i < window - half else half)
+    return i - local, local
+  local = jnp.where(i <= half, i, jnp.where(size - i < window - half, window - (size - i),
+                                            half))
+  return i - local, local
+
+
+def sample_window(config: gpt_lib.GPTConfig, params, cond, latent_shape, window_shape,
+                  rng=None, z_init=None, start: int = 0, temperature: float = 1.0,
+                  top_k: Optional[int] = None, top_p: Optional[float] = None,
+                  greedy: bool = False):
+  """int32[B, H, W] codes (raster order; the Identity permuter) of a latent of
+  `latent_shape` (H, W) sampled through a `window_shape` (h, w) window.
+
+  cond: int32[B, n_c] conditioning tokens used as they are at every step (start token,
+    class), or int32[B, H, W] spatial conditioning codes, cropped with the window.
+  z_init: int32[B, H, W] codes whose raster prefix before `start` is kept (completion).
+  """
+  H, W = (int(v) for v in latent_shape)
+  wh, ww = (int(v) for v in window_shape)
+  cond = jnp.asarray(cond, jnp.int32)
+  b = cond.shape[0]
+  spatial = cond.ndim == 3
+  if wh > H or ww > W:
+    raise ValueError(f"sample_window: the {wh}x{ww} window is larger than the {H}x{W} latent; "
+                     "sample it with sample_tokens")
+  if spatial and tuple(cond.shape[1:]) != (H, W):
+    raise ValueError(f"sample_window: spatial conditioning codes must cover the latent "
+                     f"({H}x{W}); got {cond.shape[1]}x{cond.shape[2]}")
+  if not spatial and cond.ndim != 2:
+    raise ValueError(f"sample_window: cond must be int[B, n_c] or int[B, H, W]; got "
+                     f"{list(cond.shape)}")
+  n_c = wh * ww if spatial else cond.shape[1]
+  if n_c + wh * ww - 1 > config.block_size:
+    raise ValueError(f"sample_window: {n_c} conditioning + {wh * ww} window tokens need "
+                     f"{n_c + wh * ww - 1} positions, more than the block size "
+                     f"{config.block_size}")
+  if not 0 <= int(start) < H * W:
+    raise ValueError(f"sample_window: start {start} must lie in [0, {H * W})")
+  if not greedy and rng is None:
+    raise ValueError("sample_window: sampling needs an rng (or greedy=True)")
+  z = (jnp.zeros((b, H, W), jnp.int32) if z_init is None
+       else jnp.asarray(z_init, jnp.int32))
+  if tuple(z.shape) != (b, H, W):
+    raise ValueError(f"sample_window: z_init must be int32[{b}, {H}, {W}]; got "
+                     f"{list(z.shape)}")
+  rng = jax.random.PRNGKey(0) if rng is None else rng
+  fn = _compiled_window(_plain(config), (H, W), (wh, ww), spatial, float(temperature),
+                        top_k if top_k else None, None if top_p is None else float(top_p),
+                        bool(greedy))
+  return fn({"params": gpt_lib.unstack_blocks(params)}, cond, z, jnp.int32(start), rng)
+
+
+def _compiled_window(cfg, latent, window, spatial, temperature, top_k, top_p, greedy):
+  key = ("window", cfg, latent, window, spatial, temperature, top_k, top_p, greedy)
+  if key not in _CACHE:
+    model = gpt_lib.GPT(cfg)
+    H, W = latent
+    wh, ww = window
+
+    def run(variables, cond, z, start, rng):
+      b = z.shape[0]
+      keys = jax.random.split(rng, b)
+      head = variables["params"]["head"]["kernel"]
+
+      def body(t, z):
+        i, j = t // W, t % W
+        i0, li = window_placement(i, H, wh)
+        j0, lj = window_placement(j, W, ww)
+        zwin = jax.lax.dynamic_slice(z, (0, i0, j0), (b, wh, ww)).reshape(b, wh * ww)
+        if spatial:
+          c = jax.lax.dynamic_slice(cond, (0, i0, j0), (b, wh, ww)).reshape(b, wh * ww)
+        else:
+          c = cond
+        tokens = jnp.concatenate([c, zwin], axis=1)[:, :-1]
+        hidden = model.apply(variables, tokens, return_hidden=True)
+        pos = c.shape[1] + li * ww + lj - 1
+        h = jax.lax.dynamic_index_in_dim(hidden, pos, axis=1, keepdims=False)
+        logits = jnp.dot(h, head.astype(h.dtype)).astype(jnp.float32)
+        tok = _pick(logits, keys, t, temperature, top_k, top_p, greedy)
+        return jax.lax.dynamic_update_slice(z, tok[:, None, None], (0, i, j))
+
+      return jax.lax.fori_loop(start, H * W, body, z)
 
     _CACHE[key] = jax.jit(run)
   return _CACHE[key]

@@ -146,7 +146,10 @@ class CausalSelfAttention(nn.Module):
       k_pos = jnp.arange(k.shape[1])
     else:
       k_pos = positions
-    mask = attention_mask(positions, k_pos, c.n_unmasked)[None, None]
+    mask = attention_mask(positions, k_pos, c.n_unmasked)
+    if cache is not None:  # slots at or after index + t are not written yet
+      mask = mask & (k_pos < index + t)[None, :]
+    mask = mask[None, None]
     if train and c.attn_pdrop > 0:
       # jax.nn.dot_product_attention has no dropout: the same computation spelled out.
       logits = jnp.einsum("btnh,bsnh->bnts", q, k,
@@ -215,6 +218,11 @@ class GPT(nn.Module):
     if cache is not None and cache["k"].shape[2] > c.block_size:
       raise ValueError(f"GPT: a cache of {cache['k'].shape[2]} positions exceeds the block "
                        f"size {c.block_size}")
+    if isinstance(index, (int, np.integer)):  # a traced index cannot be checked here
+      end = cache["k"].shape[2] if cache is not None else c.block_size
+      if index < 0 or index + t > end:
+        raise ValueError(f"GPT: positions [{index}, {index + t}) do not fit the "
+                         f"{'cache of ' if cache is not None else 'block size '}{end}")
     tok = nn.Embed(c.vocab_size, c.n_embd, embedding_init=nn.initializers.normal(0.02),
                    name="tok_emb")(tokens)
     pos_emb = self.param("pos_emb", nn.initializers.zeros, (1, c.block_size, c.n_embd))
@@ -278,8 +286,12 @@ def stack_blocks(params: Dict[str, Any], n_layer: int) -> Dict[str, Any]:
     raise ValueError(f"stack_blocks: params lack {missing}")
   out = {k: v for k, v in params.items() if not k.startswith("blocks_")}
   layers = [params[f"blocks_{i}"] for i in range(n_layer)]
-  stack = jnp.stack if isinstance(jax.tree_util.tree_leaves(layers[0])[0], jax.Array) else np.stack
-  out["blocks"] = {"block": jax.tree_util.tree_map(lambda *xs: stack(xs), *layers)}
+
+  def stack(*xs):
+    if isinstance(xs[0], jax.ShapeDtypeStruct):
+      return jax.ShapeDtypeStruct((len(xs),) + tuple(xs[0].shape), xs[0].dtype)
+    return jnp.stack(xs) if isinstance(xs[0], jax.Array) else np.stack(xs)
+  out["blocks"] = {"block": jax.tree_util.tree_map(stack, *layers)}
   return out
 
 
