@@ -365,6 +365,68 @@ class Net2Net:
     logits, target = self(images, cond)
     return float(gpt_lib.cross_entropy(logits, target)[0])
 
+  # -- sampling ---------------------------------------------------------------------------------
+
+  @property
+  def uncond_token(self) -> Optional[int]:
+    """The "no class" token of a class-conditional model trained with label dropout."""
+    c = self.config
+    return c.n_classes if c.cond == "class" and c.label_dropout > 0 else None
+
+  def sample(self, c_indices, steps: int, z_prefix=None, temperature: float = 1.0,
+             top_k: Optional[int] = None, top_p: Optional[float] = None,
+             greedy: bool = False, rng=None, guidance: float = 1.0) -> jax.Array:
+    """int32[B, steps]: image tokens (permuted order) after c_indices int[B, n_c] and an
+    optional kept prefix z_prefix int[B, k], drawn with the KV-cached sampler
+    (`vqgan_jax.sampling.sample_tokens`). `guidance` != 1: classifier-free guidance,
+    for class-conditional models trained with label dropout."""
+    from vqgan_jax import sampling
+    c = self._check_tokens(c_indices, "c_indices")
+    prefix = None if z_prefix is None else self._check_tokens(z_prefix, "z_prefix")
+    uncond = None
+    if float(guidance) != 1.0:
+      if self.uncond_token is None:
+        raise ValueError(f"{self.name}: guidance needs a class-conditional model trained "
+                         "with label dropout (net2net.label_dropout > 0); this one has "
+                         f"cond {self.config.cond!r}, label_dropout {self.config.label_dropout}")
+      uncond = jnp.full(c.shape, self.uncond_token, jnp.int32)
+    return sampling.sample_tokens(self.transformer_config, self.variables["params"], c,
+                                  int(steps), rng=rng, z_prefix=prefix,
+                                  temperature=temperature, top_k=top_k, top_p=top_p,
+                                  greedy=greedy, guidance=guidance, uncond_tokens=uncond)
+
+  def sample_window(self, c_indices, latent_shape, z_init=None, start: int = 0,
+                    temperature: float = 1.0, top_k: Optional[int] = None,
+                    top_p: Optional[float] = None, greedy: bool = False,
+                    rng=None) -> jax.Array:
+    """int32[B, H, W] raster codes of a latent larger than the trained grid, sampled with
+    taming's sliding attention window of the trained size (`z_shape`).
+
+    c_indices: int[B, n_c] for "sos" / "class"; for spatial conditioning the codes of the
+    conditioning image, int[B, H * W] or int[B, H, W] (same grid as the latent).
+    z_init / start: keep the raster prefix [0, start) of z_init int[B, H, W] (completion).
+    """
+    from vqgan_jax import sampling
+    if not self.permuter.is_identity:
+      raise ValueError(f"{self.name}: the sliding window needs raster order (the identity "
+                       f"permuter); this model uses {self.permuter.name!r}")
+    H, W = (int(v) for v in latent_shape)
+    c = self._check_tokens(np.asarray(c_indices).reshape(len(c_indices), -1)
+                           if not isinstance(c_indices, jax.Array)
+                           else c_indices.reshape(c_indices.shape[0], -1), "c_indices")
+    if self.config.cond in ("vq", "coord", "first_stage"):
+      if c.shape[1] != H * W:
+        raise ValueError(f"{self.name}: spatial conditioning codes must cover the {H}x{W} "
+                         f"latent ({H * W} codes); got {c.shape[1]}")
+      c = c.reshape(-1, H, W)
+    if z_init is not None:
+      z_init = self._check_tokens(np.asarray(z_init).reshape(len(z_init), -1), "z_init")
+      z_init = z_init.reshape(-1, H, W)
+    return sampling.sample_window(self.transformer_config, self.variables["params"], c,
+                                  (H, W), self.config.z_shape, rng=rng, z_init=z_init,
+                                  start=start, temperature=temperature, top_k=top_k,
+                                  top_p=top_p, greedy=greedy)
+
   def decode_to_img(self, z_indices, zshape: Optional[Sequence[int]] = None) -> jax.Array:
     """z_indices int[B, h*w] (permuted order) -> images float32[B, h*f, w*f, 3].
 
