@@ -140,7 +140,7 @@ def _compiled(cfg, steps, cache_len, temperature, top_k, top_p, greedy, guidance
         c_tokens = jnp.concatenate([c_tokens, uncond_tokens], axis=0)
       start = jnp.concatenate([c_tokens, twice(prefix)], axis=1)
       n0 = start.shape[1]
-      cache = gpt_lib.init_cache(cfg, start.shape[0], cache_len)
+      cache = gpt_lib.init_cache(cfg, start.shape[0], cache_len, per_layer=True)
       logits, cache = model.apply(variables, start, cache=cache, index=0)
       first = pick(logits[:, -1], keys, 0)
       out = jnp.zeros((b, steps), jnp.int32).at[:, 0].set(first)

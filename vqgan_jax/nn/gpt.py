@@ -126,7 +126,10 @@ class CausalSelfAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x, positions, train: bool, cache: Optional[Dict[str, jax.Array]] = None,
-               index=0):
+               index=0, layer: Optional[int] = None):
+    """`cache`: this layer's {"k", "v"} [B, L, H, D], or with `layer` the stacked cache of
+    all layers [n_layer, B, L, H, D], updated in place at that layer (no per-step copy of
+    the other layers)."""
     c = self.config
     dtype = jnp.dtype(c.dtype)
     b, t, _ = x.shape
@@ -137,11 +140,18 @@ class CausalSelfAttention(nn.Module):
     new_cache = None
     if cache is not None:
       # Write this call's keys/values at [index, index + t) of the fixed-size buffers.
-      k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype),
-                                       (0, index, 0, 0))
-      v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype),
-                                       (0, index, 0, 0))
-      new_cache = {"k": k, "v": v}
+      if layer is None:
+        k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype),
+                                         (0, index, 0, 0))
+        v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype),
+                                         (0, index, 0, 0))
+        new_cache = {"k": k, "v": v}
+      else:
+        new_cache = {
+            name: jax.lax.dynamic_update_slice(cache[name], y[None].astype(cache[name].dtype),
+                                               (layer, 0, index, 0, 0))
+            for name, y in (("k", k), ("v", v))}
+        k, v = new_cache["k"][layer], new_cache["v"][layer]
       k, v = k.astype(dtype), v.astype(dtype)
       k_pos = jnp.arange(k.shape[1])
     else:
@@ -170,11 +180,12 @@ class Block(nn.Module):
   config: GPTConfig
 
   @nn.compact
-  def __call__(self, x, positions, train: bool = False, cache=None, index=0):
+  def __call__(self, x, positions, train: bool = False, cache=None, index=0,
+               layer: Optional[int] = None):
     c = self.config
     dtype = jnp.dtype(c.dtype)
     y, new_cache = CausalSelfAttention(c, name="attn")(_layer_norm("ln1", dtype)(x), positions,
-                                                       train, cache, index)
+                                                       train, cache, index, layer)
     x = x + y
     h = _dense(4 * c.n_embd, "mlp_0", dtype)(_layer_norm("ln2", dtype)(x))
     h = _dense(c.n_embd, "mlp_2", dtype)(nn.gelu(h, approximate=False))
@@ -215,11 +226,18 @@ class GPT(nn.Module):
     t = tokens.shape[1]
     if t > c.block_size:
       raise ValueError(f"GPT: {t} tokens exceed the block size {c.block_size}")
-    if cache is not None and cache["k"].shape[2] > c.block_size:
-      raise ValueError(f"GPT: a cache of {cache['k'].shape[2]} positions exceeds the block "
+    cache_len = None
+    if cache is not None:
+      per_layer = isinstance(cache, (tuple, list))
+      if per_layer and (c.scan_layers or len(cache) != c.n_layer):
+        raise ValueError(f"GPT: a per-layer cache needs unscanned layers and {c.n_layer} "
+                         f"entries; got {len(cache)}")
+      cache_len = cache[0]["k"].shape[1] if per_layer else cache["k"].shape[2]
+    if cache is not None and cache_len > c.block_size:
+      raise ValueError(f"GPT: a cache of {cache_len} positions exceeds the block "
                        f"size {c.block_size}")
     if isinstance(index, (int, np.integer)):  # a traced index cannot be checked here
-      end = cache["k"].shape[2] if cache is not None else c.block_size
+      end = cache_len if cache is not None else c.block_size
       if index < 0 or index + t > end:
         raise ValueError(f"GPT: positions [{index}, {index + t}) do not fit the "
                          f"{'cache of ' if cache is not None else 'block size '}{end}")
@@ -238,14 +256,19 @@ class GPT(nn.Module):
     else:
       block_cls = Block
       if c.remat != "none":
-        block_cls = nn.remat(Block, policy=_remat_policy(c.remat), static_argnums=(3,))
+        block_cls = nn.remat(Block, policy=_remat_policy(c.remat), static_argnums=(3, 6))
+      per_layer = isinstance(cache, (tuple, list))
+      new_cache = cache
       layers = []
       for i in range(c.n_layer):
-        layer_cache = None if cache is None else {k: v[i] for k, v in cache.items()}
-        x, lc = block_cls(c, name=f"blocks_{i}")(x, positions, train, layer_cache, index)
-        layers.append(lc)
-      if cache is not None:
-        new_cache = {k: jnp.stack([lc[k] for lc in layers]) for k in cache}
+        if per_layer:  # separate buffers per layer: updated in place, never sliced
+          x, lc = block_cls(c, name=f"blocks_{i}")(x, positions, train, cache[i], index, None)
+          layers.append(lc)
+        else:
+          x, new_cache = block_cls(c, name=f"blocks_{i}")(
+              x, positions, train, new_cache, index, None if cache is None else i)
+      if per_layer:
+        new_cache = tuple(layers)
     x = _layer_norm("ln_f", dtype)(x)
     if return_hidden:
       return x
@@ -256,14 +279,21 @@ class GPT(nn.Module):
 
 
 def init_cache(config: GPTConfig, batch: int, length: Optional[int] = None,
-               dtype=None) -> Dict[str, jax.Array]:
-  """Zero key/value buffers {"k", "v"}: [n_layer, batch, length, n_head, head_dim]."""
+               dtype=None, per_layer: bool = False):
+  """Zero key/value buffers {"k", "v"}: [n_layer, batch, length, n_head, head_dim]; with
+  `per_layer` (unscanned models), a tuple of n_layer {"k", "v"} [batch, length, ...]:
+  what a decoding loop should carry, since every layer's buffer is then updated in place
+  (a stacked cache costs a copy of each layer's slice per step)."""
   length = config.block_size if length is None else int(length)
   if not 0 < length <= config.block_size:
     raise ValueError(f"init_cache: length {length} must lie in [1, block_size "
                      f"{config.block_size}]")
-  shape = (config.n_layer, batch, length, config.n_head, config.head_dim)
   dtype = jnp.dtype(config.dtype if dtype is None else dtype)
+  if per_layer:
+    shape = (batch, length, config.n_head, config.head_dim)
+    return tuple({"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+                 for _ in range(config.n_layer))
+  shape = (config.n_layer, batch, length, config.n_head, config.head_dim)
   return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
 
