@@ -26,7 +26,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vqgan_jax import sampling
 from vqgan_jax.nn import gpt

@@ -31,7 +31,6 @@ import argparse
 import collections
 import concurrent.futures
 import functools
-import hashlib
 import io
 import json
 import os
@@ -120,14 +119,9 @@ def _vocab(config) -> int:
 
 def _model_fields(vq, path: str, which: str) -> Dict[str, Any]:
   """{path, which, config, fingerprint}: the fingerprint hashes every variable."""
-  import jax
-  h = hashlib.sha256()
-  for key, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(vq.variables))[0]:
-    leaf = np.ascontiguousarray(leaf)
-    h.update(f"{jax.tree_util.keystr(key)}{leaf.dtype}{leaf.shape}".encode())
-    h.update(leaf.tobytes())
+  from vqgan_jax.model_dir import variables_fingerprint
   return {"path": os.path.abspath(path), "which": which, "config": vq.config.to_dict(),
-          "fingerprint": "sha256:" + h.hexdigest()}
+          "fingerprint": variables_fingerprint(vq.variables)}
 
 
 class _Encoder:

@@ -29,6 +29,18 @@ KINDS = ("vqgan", "net2net")
 LEGACY_FORMAT = "vqgan_jax/1"  # format_version 1: no "format_version", no "kind"
 
 
+def variables_fingerprint(variables) -> str:
+  """"sha256:<hex>" of every leaf's path, dtype, shape and bytes: two models agree on it
+  exactly when their weights do (how a code dataset names the VQGAN that wrote it)."""
+  import hashlib
+  h = hashlib.sha256()
+  for key, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(variables))[0]:
+    leaf = np.ascontiguousarray(leaf)
+    h.update(f"{jax.tree_util.keystr(key)}{leaf.dtype}{leaf.shape}".encode())
+    h.update(leaf.tobytes())
+  return "sha256:" + h.hexdigest()
+
+
 def _checkpointer():
   import orbax.checkpoint as ocp  # deferred: orbax is slow to import
   return ocp.StandardCheckpointer()

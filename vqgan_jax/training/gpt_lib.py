@@ -11,7 +11,7 @@ fold_in(PRNGKey(seed), step), so a resumed run repeats the same randomness.
 
 import dataclasses
 import math
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Optional
 
 import flax
 import jax

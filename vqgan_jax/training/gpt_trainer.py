@@ -50,12 +50,21 @@ def _load_stage(path: str, yaml: str, which: str, field: str):
     raise loop.TrainingError(f"{field}: cannot load the VQGAN {path!r}: {e}") from None
 
 
-def _same_model(loaded: VQGANConfig, recorded: Dict[str, Any], what: str, codes: str):
-  if loaded.to_dict() != VQGANConfig.from_dict(recorded).to_dict():
-    diff = [k for k, v in loaded.to_dict().items() if recorded.get(k, v) != v]
+def _same_model(loaded, recorded: Dict[str, Any], what: str, codes: str):
+  """Refuses a VQGAN (api.VQGAN) other than the one the codes' metadata records."""
+  from vqgan_jax.model_dir import variables_fingerprint
+  want = recorded["config"]
+  if loaded.config.to_dict() != VQGANConfig.from_dict(want).to_dict():
+    diff = [k for k, v in loaded.config.to_dict().items() if want.get(k, v) != v]
     raise loop.TrainingError(
         f"{what}: the VQGAN differs from the one that extracted {codes} (fields {diff}); "
         "use the same model, or extract the codes again")
+  if recorded.get("fingerprint") and variables_fingerprint(
+      loaded.variables) != recorded["fingerprint"]:
+    raise loop.TrainingError(
+        f"{what}: the VQGAN has the architecture of the one that extracted {codes} but "
+        "other weights (its fingerprint differs from the codes' metadata); use that model, "
+        "or extract the codes again")
 
 
 def resolve(config) -> Resolved:
@@ -75,7 +84,7 @@ def resolve(config) -> Resolved:
     first = _load_stage(source, config.first_stage_yaml,
                         vq_meta.get("which", "vqgan") if not config.first_stage else "vqgan",
                         "first_stage")
-    _same_model(first.config, vq_meta["config"], "first_stage", config.data.codes)
+    _same_model(first, vq_meta, "first_stage", config.data.codes)
     fields["z_shape"] = tuple(meta["code_grid"])
     kind = meta.get("conditioning", {}).get("kind", "none")
     want = {"none": ("sos", "coord"), "class": ("class",), "vq": ("vq",)}.get(kind, ())
@@ -97,7 +106,7 @@ def resolve(config) -> Resolved:
       cond_stage = _load_stage(cond_source, config.cond_stage_yaml,
                                cvq.get("which", "vqgan") if not config.cond_stage else "vqgan",
                                "cond_stage")
-      _same_model(cond_stage.config, cvq["config"], "cond_stage", config.data.codes)
+      _same_model(cond_stage, cvq, "cond_stage", config.data.codes)
       fields["cond_shape"] = tuple(cond["cond_grid"])
       fields["cond_stage_key"] = cond.get("cond_type", "image")
       fields["downsample_cond_size"] = int(cond.get("downsample_cond_size", -1))
