@@ -350,7 +350,8 @@ class GPTTask(loop.TrainTask):
     variables = {"vqgan": r.first_stage.variables,
                  "transformer": {"params": params}}
     config = {"vqgan": r.first_stage.config.to_dict(), "transformer": gcfg.to_dict(),
-              "net2net": r.n2n.to_dict(), "first_stage_source": r.first_stage_source}
+              "net2net": r.n2n.to_dict(), "first_stage_source": r.first_stage_source,
+              "global_step": int(jax.device_get(state.step))}
     if r.cond_stage is not None:
       variables["cond_stage"] = r.cond_stage.variables
       config["cond_stage"] = r.cond_stage.config.to_dict()
