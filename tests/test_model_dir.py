@@ -9,7 +9,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from vqgan_test_utils import assert_trees_equal, tiny
+from vqgan_test_utils import (NOTHING_BLOCKED_LOADED, WITHOUT_TENSORFLOW, assert_trees_equal,
+                              tiny)
 from vqgan_jax import model_dir
 from vqgan_jax.api import load_vqgan
 
@@ -129,25 +130,7 @@ def test_converted_net2net_has_kind_net2net(tmp_path, vqgan_tiny_converted):
     load_vqgan(out, which="cond_stage")
 
 
-# Makes TensorFlow, TFDS, clu and ml_collections look uninstalled. A meta_path finder that
-# raised for them would also break the probes of libraries that merely ask whether they are
-# installed (etils.epath calls importlib.util.find_spec("tensorflow")); a None entry in
-# sys.modules is what absence looks like to both: `import` raises ModuleNotFoundError (an
-# ImportError) and find_spec returns None. The finder catches any submodule import that
-# gets past its parent.
-_WITHOUT_TENSORFLOW = textwrap.dedent("""
-    import importlib.abc, sys
-    BLOCKED = ("tensorflow", "tensorflow_datasets", "clu", "ml_collections")
-
-    class Block(importlib.abc.MetaPathFinder):
-      def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-          raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
-        return None
-
-    for name in BLOCKED:
-      sys.modules[name] = None
-    sys.meta_path.insert(0, Block())
+_WITHOUT_TENSORFLOW = WITHOUT_TENSORFLOW + textwrap.dedent("""
     import numpy as np
     import vqgan_jax
     from vqgan_jax.convert.__main__ import main
@@ -156,11 +139,7 @@ _WITHOUT_TENSORFLOW = textwrap.dedent("""
     vq = vqgan_jax.load_vqgan(out)
     images = vq.decode_indices(np.zeros((1, 2, 3), np.int32))
     assert images.shape == (1, 8, 12, 3), images.shape
-    loaded = sorted(m for m, mod in sys.modules.items() if mod is not None and (
-        m.split(".")[0] in BLOCKED or m.startswith("vqgan_jax.training")))
-    assert not loaded, loaded
-    print("ok")
-""")
+""") + NOTHING_BLOCKED_LOADED
 
 
 def test_api_convert_and_model_dir_work_without_tensorflow(tmp_path):

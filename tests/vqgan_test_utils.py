@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import textwrap
 
 import numpy as np
 import pytest
@@ -41,3 +42,46 @@ def assert_trees_equal(a, b):
 def xla_flags(devices: int) -> str:
   """XLA_FLAGS for a subprocess with `devices` fake CPU devices (and this session's flags)."""
   return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+
+
+# Python source that makes TensorFlow, TFDS, clu and ml_collections look uninstalled, for
+# `python -c` scripts that check a tool runs without them. A meta_path finder that raised
+# for them would also break the probes of libraries that merely ask whether they are
+# installed (etils.epath calls importlib.util.find_spec("tensorflow")); a None entry in
+# sys.modules is what absence looks like to both: `import` raises ModuleNotFoundError and
+# find_spec returns None. The finder catches any submodule import that gets past its
+# parent. `NOTHING_BLOCKED_LOADED` then asserts that neither they nor the training
+# library were imported, and prints "ok".
+WITHOUT_TENSORFLOW = textwrap.dedent("""
+    import importlib.abc, sys
+    BLOCKED = ("tensorflow", "tensorflow_datasets", "clu", "ml_collections")
+
+    class Block(importlib.abc.MetaPathFinder):
+      def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+          raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+        return None
+
+    for name in BLOCKED:
+      sys.modules[name] = None
+    sys.meta_path.insert(0, Block())
+""")
+NOTHING_BLOCKED_LOADED = textwrap.dedent("""
+    loaded = sorted(m for m, mod in sys.modules.items() if mod is not None and (
+        m.split(".")[0] in BLOCKED or m.startswith("vqgan_jax.training")))
+    assert not loaded, loaded
+    print("ok")
+""")
+
+
+def parse_cli_flags(argv, default_config: str):
+  """What `training.cli.run` does with the command line `argv`, on a fresh set of flags."""
+  from absl import flags
+  from vqgan_jax.training import cli
+  fv = flags.FlagValues()
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr("sys.argv", argv)
+    with cli.flag_errors_as_messages():
+      cli.define_flags(default_config, fv)
+    cli.parse_flags(argv, fv)
+  return fv

@@ -10,9 +10,9 @@ import subprocess
 import sys
 
 import pytest
-from absl import flags
 
 import gpt_worker as W
+from vqgan_test_utils import parse_cli_flags
 from vqgan_jax.training import cli, gpt_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -53,14 +53,7 @@ def _json(path):
 
 
 def _parse(argv, default=CUSTOM):
-  """What cli.run does with the command line `argv`, on a fresh set of flags."""
-  fv = flags.FlagValues()
-  with pytest.MonkeyPatch.context() as mp:
-    mp.setattr("sys.argv", argv)
-    with cli.flag_errors_as_messages():
-      cli.define_flags(default, fv)
-    cli.parse_flags(argv, fv)
-  return fv
+  return parse_cli_flags(argv, default)
 
 
 @pytest.mark.parametrize("arg, needle", [
