@@ -335,3 +335,13 @@ def test_model_dir_without_transformer_section_says_convert_again(tmp_path, raw)
                                  {"vqgan": cfg["vqgan"]}, kind="net2net")
   with pytest.raises(ValueError, match=r"no 'transformer' section .*convert the \.ckpt again"):
     net2net.load_transformer(old)
+
+
+def test_coordinate_models_fit_taming_s_vocabulary():
+  """taming's FacesHQ transformer: CoordStage n_embed 1024 with a 1024-token vocabulary
+  (round(1024 * c) = 1024 only for coordinates of exactly 1)."""
+  from vqgan_jax.nn.gpt import GPTConfig
+  cfg = net2net.Net2NetConfig(cond="coord", z_shape=(16, 16), cond_shape=(16, 16),
+                              coord_n_embed=1024, coord_down_factor=16)
+  gpt = GPTConfig(vocab_size=1024, block_size=512, n_layer=1, n_head=1, n_embd=8)
+  assert cfg.validate(gpt, 1024) == []

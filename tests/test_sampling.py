@@ -221,3 +221,9 @@ def test_errors(models):
     n2n.sample(c, 4, greedy=True, guidance=2.0)
   with pytest.raises(ValueError, match=r"c_indices must lie in \[0, 64\)"):
     n2n.sample(c + 64, 4, greedy=True)
+
+
+def test_window_completion_needs_its_codes(models):
+  n2n, ref = models["n2n_class_tiny"]
+  with pytest.raises(ValueError, match="needs z_init"):
+    n2n.sample_window(ref["n2n_c_indices"], (10, 12), start=5, greedy=True)

@@ -124,7 +124,9 @@ class Net2NetConfig:
             f"transformer.block_size: {gpt.block_size} is too small for {self.n_cond_tokens} "
             f"conditioning + {self.n_z_tokens} image tokens (needs at least {need})")
       top = {"sos": self.sos_token + 1, "class": self.n_classes + (self.label_dropout > 0),
-             "coord": self.coord_n_embed + 1, "vq": cond_codes or 0,
+             # round(n_embed * c) reaches n_embed only where a pooled coordinate is
+             # exactly 1; taming's FacesHQ model has vocabulary = n_embed (1024).
+             "coord": self.coord_n_embed, "vq": cond_codes or 0,
              "first_stage": n_codes or 0}[self.cond]
       top = max(top, n_codes or 0)
       if top > gpt.vocab_size:
@@ -309,7 +311,13 @@ class Net2Net:
       if cond.shape[1] % f or cond.shape[2] % f:
         raise ValueError(f"{self.name}: the coordinate map's height and width must be "
                          f"multiples of {f}; got {cond.shape[1]}x{cond.shape[2]}")
-      return coord_tokens(jnp.asarray(cond, jnp.float32), c.coord_n_embed, f)
+      quant, tokens = coord_tokens(jnp.asarray(cond, jnp.float32), c.coord_n_embed, f)
+      top = int(jax.device_get(tokens.max())) if tokens.size else 0
+      if top >= self.vocab_size:
+        raise ValueError(f"{self.name}: the coordinate map gives token {top}, outside the "
+                         f"vocabulary [0, {self.vocab_size}) (coordinates of exactly 1 round "
+                         f"to {c.coord_n_embed}); keep them below 1")
+      return quant, tokens
     stage = self.first_stage if c.cond == "first_stage" else self.cond_stage
     want = stage.config.in_channels
     if cond.ndim != 4 or cond.shape[-1] != want:
@@ -419,6 +427,9 @@ class Net2Net:
         raise ValueError(f"{self.name}: spatial conditioning codes must cover the {H}x{W} "
                          f"latent ({H * W} codes); got {c.shape[1]}")
       c = c.reshape(-1, H, W)
+    if start and z_init is None:
+      raise ValueError(f"{self.name}: a completion (start {start}) needs z_init, the codes "
+                       "whose prefix is kept")
     if z_init is not None:
       z_init = self._check_tokens(np.asarray(z_init).reshape(len(z_init), -1), "z_init")
       z_init = z_init.reshape(-1, H, W)

@@ -209,6 +209,8 @@ def sample_window(config: gpt_lib.GPTConfig, params, cond, latent_shape, window_
     raise ValueError(f"sample_window: start {start} must lie in [0, {H * W})")
   if not greedy and rng is None:
     raise ValueError("sample_window: sampling needs an rng (or greedy=True)")
+  if start and z_init is None:
+    raise ValueError(f"sample_window: a completion from start {start} needs z_init")
   z = (jnp.zeros((b, H, W), jnp.int32) if z_init is None
        else jnp.asarray(z_init, jnp.int32))
   if tuple(z.shape) != (b, H, W):

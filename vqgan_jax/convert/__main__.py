@@ -40,6 +40,10 @@ def main(argv=None) -> int:
                    help="latent grid the transformer was trained on, HxW")
   n2n.add_argument("--cond_shape", type=_grid, default=None,
                    help="conditioning code grid, HxW")
+  n2n.add_argument("--coord_n_embed", type=int, default=None,
+                   help="CoordStage n_embed (--cond coord; default 1024)")
+  n2n.add_argument("--coord_down_factor", type=int, default=None,
+                   help="CoordStage down_factor (--cond coord; default 16)")
   n2n.add_argument("--permuter", default=None, help="token order (default: from the YAML or "
                                                     "the checkpoint's permuter buffers)")
   args = parser.parse_args(argv)
@@ -49,9 +53,8 @@ def main(argv=None) -> int:
   from vqgan_jax.model_dir import save_model_dir
   from vqgan_jax.nn.vqgan import param_count
   from vqgan_jax.permuters import PermuterError
-  overrides = {k: getattr(args, k) for k in ("n_head", "cond", "n_classes", "sos_token",
-                                             "z_shape", "cond_shape", "permuter")
-               if getattr(args, k) is not None}
+  from vqgan_jax.convert.net2net import OVERRIDES
+  overrides = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
   try:
     config, variables = convert_taming_checkpoint(args.ckpt, args.config, overrides=overrides,
                                                   require_transformer=True)

@@ -140,9 +140,10 @@ def net2net_config_from(sd, project: Mapping[str, Any], overrides: Mapping[str, 
     cond = "vq"
   else:
     raise taming.ConversionError(
-        f"{source}: the checkpoint has no cond_stage_model weights, so it is either "
-        "unconditional or class-conditional, and the weights do not say which; give the "
-        "project YAML (--config ...-project.yaml) or --cond sos / --cond class --n_classes N")
+        f"{source}: the checkpoint has no cond_stage_model weights, so it is unconditional, "
+        "class-conditional or coordinate-conditioned, and the weights do not say which; give "
+        "the project YAML (--config ...-project.yaml) or --cond sos / --cond class "
+        "--n_classes N / --cond coord")
   fields["cond"] = cond
   if cond == "sos" and "sos_token" in params:
     fields["sos_token"] = int(params["sos_token"])

@@ -88,6 +88,11 @@ def validate_config(config, num_devices: int = 1, process_count: int = 1) -> Lis
   if not 0.0 <= float(n.label_dropout) < 1.0:
     errors.append(f"net2net.label_dropout: expected a probability in [0, 1), got "
                   f"{n.label_dropout}")
+  if n.cond == "first_stage":
+    errors.append("net2net.cond: 'first_stage' conditioning (taming's __is_first_stage__) "
+                  "converts and samples, but training it needs the conditioning images' "
+                  "codes, which code datasets do not hold; use 'vq' with the first stage as "
+                  "--cond_vqgan when extracting")
   d = config.data
   if bool(d.codes) == bool(d.on_the_fly):
     errors.append("data: set exactly one of data.codes (a directory written by "

@@ -28,6 +28,8 @@ from vqgan_jax.nn.vqgan import VQGANConfig, VQModel
 from vqgan_jax.training import config_lib, gpt_config, gpt_lib as lib, loop, sharding
 from vqgan_jax.training import steps as steps_lib
 
+GRID_STREAM = 0x67726964  # folded into the seed for the sample grids' randomness
+
 
 @dataclasses.dataclass
 class Resolved:
@@ -126,13 +128,16 @@ def resolve(config) -> Resolved:
       raise loop.TrainingError(f"data.images.crop_size: {size} is not a multiple of the "
                                f"first stage's downsampling factor {f}")
     fields["z_shape"] = (size // f, size // f)
+  image_size = int(meta["image_size"]) if meta else int(config.data.images.crop_size)
   n2n = n2n_lib.Net2NetConfig.from_dict(fields)
   n_codes = n2n_lib.num_codes(first.config)
   cond_codes = n2n_lib.num_codes(cond_stage.config) if cond_stage is not None else None
   t = dict(config.transformer.to_dict())
   if t["vocab_size"] == -1:
     top = {"sos": n2n.sos_token + 1, "class": n2n.n_classes + (n2n.label_dropout > 0),
-           "coord": n2n.coord_n_embed + 1, "vq": cond_codes or 0, "first_stage": n_codes}
+           "coord": 0, "vq": cond_codes or 0, "first_stage": n_codes}
+    if n2n.cond == "coord":  # the largest token the (fixed) coordinate map gives
+      top["coord"] = int(lib.coord_map_tokens(n2n, image_size).max()) + 1
     t["vocab_size"] = max(n_codes, top[n2n.cond])
   if t["block_size"] == -1:
     t["block_size"] = n2n.n_cond_tokens + n2n.n_z_tokens - 1
@@ -144,7 +149,6 @@ def resolve(config) -> Resolved:
   if errors:
     raise loop.TrainingError("the transformer does not fit its first stage and data:\n  "
                              + "\n  ".join(errors))
-  image_size = int(meta["image_size"]) if meta else int(config.data.images.crop_size)
   return Resolved(first, first_source, cond_stage, cond_source, gpt_cfg, n2n, meta, image_size)
 
 
@@ -232,6 +236,17 @@ class GPTTask(loop.TrainTask):
     if "transformer" not in variables:
       raise loop.TrainingError(f"init_from: {path} holds no transformer weights "
                                f"({cfg.get('transformer_error', 'convert it again')})")
+    mismatch = []
+    mine = {"transformer": self.r.gpt_config.to_dict(), "net2net": self.r.n2n.to_dict()}
+    for section, keys in (("transformer", ("n_head", "n_unmasked")),
+                          ("net2net", ("cond", "permuter"))):
+      for k in keys:
+        theirs = cfg.get(section, {}).get(k)
+        if theirs is not None and theirs != mine[section][k]:
+          mismatch.append(f"{section}.{k}: checkpoint {theirs!r}, config {mine[section][k]!r}")
+    if mismatch:
+      raise loop.TrainingError(f"init_from: {path} is a different model; set the config's "
+                               "fields to the checkpoint's:\n  " + "\n  ".join(mismatch))
     params = gpt_lib.unstack_blocks(variables["transformer"]["params"])
     expected = gpt_lib.unstack_blocks(
         jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
@@ -273,8 +288,13 @@ class GPTTask(loop.TrainTask):
       n = int(self.config.num_images)
       if self.train_source is None:
         from vqgan_jax.data import pipeline
-        it = pipeline.create_eval_iterator(self.config.data.images, global_batch_size=n,
-                                           workdir=self.workdir)
+        if self.num_eval:
+          it = pipeline.create_eval_iterator(self.config.data.images, global_batch_size=n,
+                                             workdir=self.workdir)
+        else:  # no validation images: the first training images of the run
+          it = pipeline.create_train_iterator(self.config.data.images, global_batch_size=n,
+                                              seed=int(self.config.seed), start_step=0,
+                                              workdir=self.workdir)
         batch = next(it)
         it.close()
         _, idx = self.r.first_stage.encode(batch["image"])
@@ -304,6 +324,12 @@ class GPTTask(loop.TrainTask):
       x = 2.0 * (y - y.min()) / max(y.max() - y.min(), 1e-8) - 1.0
     return x
 
+  def _replicated_params(self, state):
+    """The params as host arrays on every process (FSDP shards may live on other hosts)."""
+    rep = sharding.replicated(self.mesh)
+    gathered = jax.jit(lambda p: p, out_shardings=rep)(state.params)
+    return jax.tree_util.tree_map(lambda a: np.asarray(a.addressable_data(0)), gathered)
+
   def image_grid(self, state) -> Optional[np.ndarray]:
     """uint8 grid; per row: [conditioning |] codes decoded | top half kept, rest sampled |
     sampled (top-k) | greedy."""
@@ -316,11 +342,13 @@ class GPTTask(loop.TrainTask):
                                     {"z": jnp.asarray(batch["z"])}))
     c = np.asarray(lib.cond_tokens(setup, {k: jnp.asarray(v) for k, v in batch.items()},
                                    rows))
-    params = jax.device_get(state.params)
+    params = self._replicated_params(state)
     s = self.config.sample
     top_k = int(s.top_k) or None
     top_p = float(s.top_p) if float(s.top_p) >= 0 else None
-    rng = jax.random.fold_in(jax.random.PRNGKey(int(self.config.seed)), int(state.step))
+    # A stream of its own: fold_in(seed, step) is the next train step's key.
+    rng = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(int(self.config.seed)),
+                                                GRID_STREAM), int(state.step))
     n_z, half = z.shape[1], z.shape[1] // 2
     kw = dict(temperature=float(s.temperature), top_k=top_k, top_p=top_p)
     completed = sampling.sample_tokens(r.gpt_config, params, c, n_z - half, rng=rng,
