@@ -18,6 +18,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from vqgan_test_utils import tiny, xla_flags
+from vqgan_jax import images
 from vqgan_jax import api, extract_codes
 from vqgan_jax.data import codes
 
@@ -237,7 +238,7 @@ def test_cond_images_and_depth_cond_stage(vqgan_dir, paired, tmp_path, capsys):
 
 def test_torch_nearest_is_floor_indexing():
   x = np.arange(7)[:, None] * 10 + np.arange(5)[None]
-  got = extract_codes.torch_nearest(x, 3, 4)
+  got = images.torch_nearest(x, 3, 4)
   np.testing.assert_array_equal(got[:, 0], x[[0, 2, 4], 0])  # floor(i * 7 / 3)
   np.testing.assert_array_equal(got[0], x[0, [0, 1, 2, 3]])  # floor(i * 5 / 4)
 

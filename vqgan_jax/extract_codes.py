@@ -31,7 +31,6 @@ import argparse
 import collections
 import concurrent.futures
 import functools
-import io
 import json
 import os
 import sys
@@ -41,6 +40,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import numpy as np
 
 from vqgan_jax.api import load_vqgan
+from vqgan_jax.images import read_single_channel, torch_nearest
 from vqgan_jax.data import codes
 
 COND_CHANNELS = {"image": 3, "depth": 1}  # segmentation: the cond model's in_channels
@@ -319,40 +319,9 @@ def _smallest_side(h: int, w: int, size: int) -> Tuple[int, int]:
   return scaled(h), scaled(w)
 
 
-def torch_nearest(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-  """x[H, W, ...] resized as torch's F.interpolate(mode="nearest"): floor(dst * in / out)."""
-  def index(n_out, n_in):
-    scale = np.float32(n_in) / np.float32(n_out)
-    idx = np.floor(np.arange(n_out, dtype=np.float32) * scale).astype(np.int64)
-    return np.minimum(idx, n_in - 1)
-  return x[index(out_h, x.shape[0])][:, index(out_w, x.shape[1])]
-
-
 def _center_crop(x: np.ndarray, size: int) -> np.ndarray:
   top, left = (x.shape[0] - size) // 2, (x.shape[1] - size) // 2
   return x[top:top + size, left:left + size]
-
-
-def _read_single_channel(value) -> np.ndarray:
-  """A depth / label map (file path, encoded bytes, or array) as an array[H, W]."""
-  if isinstance(value, np.ndarray) and value.dtype != object:
-    a = value
-  else:
-    from PIL import Image
-    src = io.BytesIO(value) if isinstance(value, (bytes, np.bytes_)) else value
-    with Image.open(src) as img:
-      img.load()
-      if img.mode == "RGBA":  # taming's depth PNGs: float32 packed into 4 x uint8
-        a = np.ascontiguousarray(np.asarray(img, np.uint8)).view(np.float32)[..., 0]
-      elif img.mode in ("L", "P", "F", "I") or img.mode.startswith("I;16"):
-        a = np.asarray(img)
-      else:
-        raise ValueError(f"PIL mode {img.mode}, expected a single-channel image")
-  if a.ndim == 3 and a.shape[-1] == 1:
-    a = a[..., 0]
-  if a.ndim != 2 or not a.size:
-    raise ValueError(f"shape {a.shape}, expected [H, W] or [H, W, 1]")
-  return a
 
 
 class _Prepare:
@@ -375,7 +344,7 @@ class _Prepare:
     if self.cond_type == "image":
       c = self._rgb(value)
     else:
-      a = _read_single_channel(value)
+      a = read_single_channel(value)
       new_h, new_w = _smallest_side(*a.shape, self.size)
       if self.cond_type == "depth":
         d = a.astype(np.float32)

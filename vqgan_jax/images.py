@@ -208,3 +208,52 @@ def save_png(path: str, image: np.ndarray) -> str:
     os.makedirs(parent, exist_ok=True)
   Image.fromarray(image).save(path, format="PNG")
   return path
+
+
+def torch_nearest_index(size_in: int, size_out: int) -> np.ndarray:
+  """Source index of each output pixel of torch's F.interpolate(mode="nearest") on one
+  axis: floorf(d * (float)in / out), in float32 as ATen computes it."""
+  d = np.arange(size_out)
+  if size_out == size_in:
+    return d
+  scale = np.float32(size_in) / np.float32(size_out)
+  return np.minimum(np.floor(d.astype(np.float32) * scale), size_in - 1).astype(np.int64)
+
+
+def torch_nearest(x, out_h: int, out_w: int):
+  """x[H, W, ...] resized as torch's F.interpolate(mode="nearest")."""
+  return x[torch_nearest_index(x.shape[0], out_h)][:, torch_nearest_index(x.shape[1], out_w)]
+
+
+def read_single_channel(value) -> np.ndarray:
+  """A depth / label map (file path, encoded bytes, or array) as an array[H, W]; taming's
+  depth PNGs (float32 packed into RGBA bytes) are unpacked."""
+  if isinstance(value, np.ndarray) and value.dtype != object:
+    a = value
+  else:
+    import io
+    from PIL import Image
+    src = io.BytesIO(value) if isinstance(value, (bytes, np.bytes_)) else value
+    with Image.open(src) as img:
+      img.load()
+      if img.mode == "RGBA":  # taming's depth PNGs: float32 packed into 4 x uint8
+        a = np.ascontiguousarray(np.asarray(img, np.uint8)).view(np.float32)[..., 0]
+      elif img.mode in ("L", "P", "F", "I") or img.mode.startswith("I;16"):
+        a = np.asarray(img)
+      else:
+        raise ValueError(f"PIL mode {img.mode}, expected a single-channel image")
+  if a.ndim == 3 and a.shape[-1] == 1:
+    a = a[..., 0]
+  if a.ndim != 2 or not a.size:
+    raise ValueError(f"shape {a.shape}, expected [H, W] or [H, W, 1]")
+  return a
+
+
+def unique_name(name: str, used: set) -> str:
+  """`name`, or `name_2`, `name_3`, ... if taken (same file name in two subfolders)."""
+  unique, k = name, 1
+  while unique in used:
+    k += 1
+    unique = f"{name}_{k}"
+  used.add(unique)
+  return unique

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vqgan_jax import permuters as permuters_lib
+from vqgan_jax.images import torch_nearest_index
 from vqgan_jax.nn import gpt as gpt_lib
 from vqgan_jax.nn.vqgan import VQGANConfig
 
@@ -147,19 +148,10 @@ def num_codes(cfg: VQGANConfig) -> int:
 
 # ---- pure functions (jit-able) -------------------------------------------------------------
 
-def _torch_nearest_index(size_in: int, size_out: int) -> np.ndarray:
-  """ATen's source index of each output pixel: floorf(d * (float)in / out), in float32."""
-  d = np.arange(size_out)
-  if size_out == size_in:
-    return d
-  scale = np.float32(size_in) / np.float32(size_out)
-  return np.minimum(np.floor(d.astype(np.float32) * scale), size_in - 1).astype(np.int64)
-
-
 def torch_nearest_resize(x, size: Tuple[int, int]):
   """F.interpolate(mode="nearest") on NHWC, with torch's float32 source-index arithmetic."""
-  rows = _torch_nearest_index(x.shape[1], size[0])
-  cols = _torch_nearest_index(x.shape[2], size[1])
+  rows = torch_nearest_index(x.shape[1], size[0])
+  cols = torch_nearest_index(x.shape[2], size[1])
   return x[:, rows][:, :, cols]
 
 

@@ -14,17 +14,7 @@ import sys
 
 import numpy as np
 
-from vqgan_jax.images import expand_image_args, load_image, save_png, to_uint8
-
-
-def _unique_name(name: str, used: set) -> str:
-  """`name`, or `name_2`, `name_3`, ... if taken (same file name in two subfolders)."""
-  unique, k = name, 1
-  while unique in used:
-    k += 1
-    unique = f"{name}_{k}"
-  used.add(unique)
-  return unique
+from vqgan_jax.images import expand_image_args, load_image, save_png, to_uint8, unique_name
 
 
 def main(argv=None) -> int:
@@ -70,7 +60,7 @@ def main(argv=None) -> int:
     except ValueError:  # smaller than SSIM's 11x11 window (--no-crop)
       ssim = "n/a"
     pair = np.concatenate([to_uint8(x), to_uint8(rec)], axis=1)
-    name = _unique_name(os.path.splitext(os.path.basename(path))[0], names)
+    name = unique_name(os.path.splitext(os.path.basename(path))[0], names)
     out_path = save_png(os.path.join(args.out, f"{name}_recon.png"), pair)
     print(f"{out_path}: L1 {l1:.4f}  PSNR {psnr:.2f} dB  SSIM {ssim}")
     pairs.append(pair)

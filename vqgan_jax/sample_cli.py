@@ -55,8 +55,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from vqgan_jax.images import (IMAGE_EXTENSIONS, expand_image_args, image_grid, read_image,
-                              save_png, to_float, to_uint8)
-from vqgan_jax.reconstruct import _unique_name
+                              read_single_channel, save_png, to_float, to_uint8, torch_nearest,
+                              unique_name)
 
 COND_TYPES = ("segmentation", "depth", "image")
 # Settings that change what a sample is; a re-run into the same folder must repeat them.
@@ -185,12 +185,11 @@ def read_conditioning(path: str, cond_type: str, channels: int,
   [H, W, channels]; nearest resize); depth: [-1, 1] by the image's min and max, bilinear
   resize; image: RGB in [-1, 1] (any image mode), Lanczos resize.
   """
-  from vqgan_jax.extract_codes import _read_single_channel, torch_nearest
   where = f"--cond {path}"
   try:
     if cond_type == "image":
       return to_float(_resize(read_image(path), hw, "LANCZOS"))
-    a = np.load(path) if path.lower().endswith(".npy") else _read_single_channel(path)
+    a = np.load(path) if path.lower().endswith(".npy") else read_single_channel(path)
   except (OSError, ValueError) as e:
     raise _Error(f"{where}: {e}") from None
   if a.ndim == 3 and a.shape[-1] == 1:
@@ -295,7 +294,7 @@ def build_sets(args, n2n, hw: Tuple[int, int]) -> Tuple[List[SampleSet], Optiona
       z_init = np.asarray(n2n.first_stage.encode(image[None])[1])[0]
     names = [stem(p) for p in (cond_path, image_path) if p is not None]
     name = "_".join(dict.fromkeys(names)) if names else None
-    name = _unique_name(name, used) if name else None
+    name = unique_name(name, used) if name else None
     for label in labels:
       if label is not None:
         c_tokens = np.asarray(n2n.encode_to_c(np.array([label]))[1])[0]
