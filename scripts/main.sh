@@ -8,7 +8,7 @@
 #      (python -m vqgan_jax.extract_codes);
 #   3. train the `:small` unconditional transformer on those codes, with validation NLL
 #      and sample grids (greedy and top-k).
-# About 11 minutes on 2 CPU cores. Re-running resumes (and finishes at once if done).
+# About 10.5 minutes on 2 CPU cores. Re-running resumes (and finishes at once if done).
 # VQGAN_STEPS / GPT_STEPS change the budgets (the README's VQGAN table: VQGAN_STEPS=600).
 set -euo pipefail
 cd "$(dirname "$0")/.."
