@@ -227,3 +227,8 @@ def test_window_completion_needs_its_codes(models):
   n2n, ref = models["n2n_class_tiny"]
   with pytest.raises(ValueError, match="needs z_init"):
     n2n.sample_window(ref["n2n_c_indices"], (10, 12), start=5, greedy=True)
+
+
+def test_top_p_outside_0_1_is_refused():
+  with pytest.raises(ValueError, match=r"top_p must lie in \[0, 1\]"):
+    sampling.filter_logits(jnp.zeros((1, 4)), None, -0.5)

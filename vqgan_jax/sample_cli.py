@@ -78,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
   a("--batch_size", type=int, default=25)
   a("--top_k", "-k", type=int, default=250, help="0: no top-k filter")
   a("--temperature", "-t", type=float, default=1.0)
-  a("--top_p", "-p", type=float, default=1.0)
+  a("--top_p", "-p", type=float, default=1.0,
+    help="nucleus threshold (1.0 still runs taming's nucleus step, as it does; < 0: off)")
   a("--greedy", action="store_true", help="argmax instead of sampling")
   a("--guidance", type=float, default=1.0,
     help="classifier-free guidance scale (models trained with label dropout)")
@@ -350,7 +351,8 @@ class Sampler:
     self.n2n, self.latent, self.kept = n2n, latent, kept
     self.window = latent[0] > c.z_shape[0] or latent[1] > c.z_shape[1]
     top_k = args.top_k if args.top_k > 0 else None
-    common = (float(args.temperature), top_k, float(args.top_p), bool(args.greedy))
+    top_p = float(args.top_p) if float(args.top_p) >= 0 else None  # < 0: no nucleus step
+    common = (float(args.temperature), top_k, top_p, bool(args.greedy))
     cfg = n2n.transformer_config
     if args.guidance != 1.0 and n2n.uncond_token is None:
       raise _Error(f"--guidance needs a class-conditional model trained with label dropout "
@@ -498,6 +500,8 @@ def _run(args) -> int:
     raise _Error(f"--keep must lie in [0, 1), got {args.keep}")
   if not args.greedy and not args.temperature > 0:
     raise _Error(f"--temperature must be > 0, got {args.temperature}")
+  if args.top_p > 1:
+    raise _Error(f"--top_p must be <= 1 (< 0: no nucleus step), got {args.top_p}")
   try:
     n2n, step = load_model(args.checkpoint, args.config)
   except (OSError, ValueError, KeyError) as e:   # their messages name the file

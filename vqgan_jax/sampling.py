@@ -46,6 +46,9 @@ def filter_logits(logits, top_k: Optional[int] = None, top_p: Optional[float] = 
     kth = jax.lax.top_k(logits, k)[0][..., -1:]
     logits = jnp.where(logits < kth, -jnp.inf, logits)
   if top_p is not None:
+    if not 0.0 <= float(top_p) <= 1.0:
+      raise ValueError(f"filter_logits: top_p must lie in [0, 1] (None: no nucleus step), "
+                       f"got {top_p}")
     order = jnp.argsort(-logits, axis=-1, stable=True)
     sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
     cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
