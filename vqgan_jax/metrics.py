@@ -6,6 +6,9 @@
                      gaussian_weights=True, sigma=1.5, use_sample_covariance=False)`.
   `code_usage(c)`    share of codebook entries used at least once in a histogram.
   `perplexity(c)`    exp(entropy) of a code histogram: the effective number of codes.
+  `FeatureStats`     streaming float64 mean / covariance of feature rows (FID statistics).
+  `frechet_distance` FID of two (mu, sigma) pairs; `save_stats` / `load_stats` in
+                     pytorch-fid's .npz layout.
 """
 
 import math
@@ -125,3 +128,96 @@ def perplexity(counts) -> float:
     return 0.0
   p = c[c > 0] / total
   return float(math.exp(-np.sum(p * np.log(p))))
+
+
+# ---- Fréchet distance between feature statistics (FID) -------------------------------------
+
+class FeatureStats:
+  """Running mean and covariance of feature rows, accumulated in float64 on the host.
+
+  Only sums are kept (no rows), so 50,000 Inception features cost two [D] / [D, D]
+  arrays. Rows are shifted by the first batch's mean before the outer products, which
+  keeps the cancellation in cov = E[xx'] - mu mu' small. `mask` drops padded rows.
+  """
+
+  def __init__(self, dim: int):
+    self.dim = int(dim)
+    self.count = 0
+    self._shift = None
+    self._sum = np.zeros((self.dim,), np.float64)
+    self._outer = np.zeros((self.dim, self.dim), np.float64)
+
+  def update(self, features, mask=None) -> "FeatureStats":
+    x = np.asarray(features, np.float64)
+    if x.ndim != 2 or x.shape[1] != self.dim:
+      raise ValueError(f"FeatureStats: expected features [N, {self.dim}], got {x.shape}")
+    if mask is not None:
+      x = x[np.asarray(mask).astype(bool)]
+    if not x.shape[0]:
+      return self
+    if self._shift is None:
+      self._shift = x.mean(axis=0)
+    x = x - self._shift
+    self.count += x.shape[0]
+    self._sum += x.sum(axis=0)
+    self._outer += x.T @ x
+    return self
+
+  @property
+  def mean(self) -> np.ndarray:
+    if not self.count:
+      raise ValueError("FeatureStats: no features yet")
+    return self._shift + self._sum / self.count
+
+  @property
+  def cov(self) -> np.ndarray:
+    """The unbiased covariance (numpy.cov's, as pytorch-fid computes it)."""
+    if self.count < 2:
+      raise ValueError(f"FeatureStats: a covariance needs >= 2 rows, got {self.count}")
+    m = self._sum / self.count
+    return (self._outer - self.count * np.outer(m, m)) / (self.count - 1)
+
+
+def save_stats(path: str, mu, sigma) -> None:
+  """Statistics in pytorch-fid's .npz layout (`mu`, `sigma`), reusable with it."""
+  np.savez(path, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
+
+
+def load_stats(path: str):
+  """(mu, sigma) of a pytorch-fid statistics .npz, checked."""
+  with np.load(path) as f:
+    missing = [k for k in ("mu", "sigma") if k not in f.files]
+    if missing:
+      raise ValueError(f"{path}: not a FID statistics file (missing {missing}; has "
+                       f"{f.files}); expected pytorch-fid's layout with 'mu' and 'sigma'")
+    mu, sigma = np.asarray(f["mu"], np.float64), np.asarray(f["sigma"], np.float64)
+  if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+    raise ValueError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not match "
+                     "(expected [D] and [D, D])")
+  return mu, sigma
+
+
+def _psd_sqrt(a: np.ndarray) -> np.ndarray:
+  w, v = np.linalg.eigh((a + a.T) / 2)
+  return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+  """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)), in float64.
+
+  tr((S1 S2)^(1/2)) is computed as the sum of the square roots of the eigenvalues of
+  the symmetric PSD matrix S1^(1/2) S2 S1^(1/2), which has the same eigenvalues as S1 S2:
+  always real, and stable for singular covariances (fewer samples than dimensions), where
+  pytorch-fid's scipy.linalg.sqrtm needs its eps retry and a check of the imaginary part.
+  """
+  mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+  s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+  if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != mu1.shape * 2:
+    raise ValueError(f"frechet_distance: shapes mu {mu1.shape}/{mu2.shape}, sigma "
+                     f"{s1.shape}/{s2.shape} do not match")
+  r = _psd_sqrt(s1)
+  m = r @ s2 @ r
+  eig = np.linalg.eigvalsh((m + m.T) / 2)
+  tr_covmean = np.sqrt(np.clip(eig, 0.0, None)).sum()
+  diff = mu1 - mu2
+  return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
