@@ -114,3 +114,35 @@ def test_errors():
     _ = metrics.FeatureStats(4).update(np.zeros((1, 4))).cov
   with pytest.raises(ValueError, match="do not match"):
     metrics.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+def test_kid_and_inception_score_equal_torch_fidelity():
+  """Reference values computed by torch-fidelity 0.3.0's own functions
+  (tests/fixtures/torch_fidelity/README.md)."""
+  import pathlib
+  ref = np.load(pathlib.Path(__file__).parent / "fixtures/torch_fidelity/kid_isc.npz")
+  mean, std = metrics.kid(ref["f1"], ref["f2"], subsets=20, subset_size=100)
+  np.testing.assert_allclose([mean, std], ref["kid"], rtol=1e-4)
+  mean, std = metrics.inception_score(ref["logits"])
+  np.testing.assert_allclose([mean, std], ref["isc"], rtol=1e-9)
+
+
+def test_kid_of_a_set_against_itself_is_about_zero_and_grows_with_a_shift():
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(400, 16))
+  y = rng.normal(size=(400, 16))
+  near, _ = metrics.kid(x, y, subsets=10, subset_size=200)
+  far, _ = metrics.kid(x, y + 1.0, subsets=10, subset_size=200)
+  assert abs(near) < 0.02 < far
+  with pytest.raises(ValueError, match="subset size 1000 exceeds"):
+    metrics.kid(x, y)
+
+
+def test_inception_score_closed_forms():
+  """Confident, uniformly spread predictions over C classes give IS = C; identical
+  predictions give 1."""
+  c = 10
+  confident = np.tile(np.eye(c) * 50.0, (10, 1))   # each split: every class once
+  assert metrics.inception_score(confident, shuffle=False)[0] == pytest.approx(c, rel=1e-6)
+  same = np.tile(np.arange(c, dtype=np.float64), (50, 1))
+  assert metrics.inception_score(same)[0] == pytest.approx(1.0, abs=1e-12)

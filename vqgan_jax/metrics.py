@@ -9,6 +9,7 @@
   `FeatureStats`     streaming float64 mean / covariance of feature rows (FID statistics).
   `frechet_distance` FID of two (mu, sigma) pairs; `save_stats` / `load_stats` in
                      pytorch-fid's .npz layout.
+  `kid`, `inception_score`  KID and IS as torch-fidelity computes them (same seeds).
 """
 
 import math
@@ -221,3 +222,70 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   tr_covmean = np.sqrt(np.clip(eig, 0.0, None)).sum()
   diff = mu1 - mu2
   return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
+
+
+# ---- Kernel Inception Distance and Inception Score (torch-fidelity's definitions) -----------
+
+KID_SUBSETS, KID_SUBSET_SIZE, KID_DEGREE, KID_COEF0 = 100, 1000, 3, 1.0
+IS_SPLITS = 10
+RNG_SEED = 2020  # torch-fidelity's default seed for KID subsets and the IS shuffle
+
+
+def _poly_kernel(x, y, degree, gamma, coef0):
+  return (x @ y.T * gamma + coef0) ** degree
+
+
+def _unbiased_mmd2(kxx, kxy, kyy) -> float:
+  """The unbiased MMD^2 estimate: off-diagonal means within each set minus twice the
+  mean across the sets."""
+  m = kxx.shape[0]
+  within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+  return float(within - 2.0 * kxy.sum() / (m * m))
+
+
+def kid(features1, features2, subsets: int = KID_SUBSETS, subset_size: int = KID_SUBSET_SIZE,
+        degree: int = KID_DEGREE, gamma=None, coef0: float = KID_COEF0, seed: int = RNG_SEED):
+  """(mean, std) of the polynomial-kernel MMD^2 over random subsets, as torch-fidelity
+  computes KID: `subsets` draws of `subset_size` rows of each set without replacement
+  from np.random.RandomState(seed), kernel (x.y * gamma + coef0)^degree with gamma =
+  1 / dim, in the features' own precision (float32 features: float32 kernels)."""
+  f1, f2 = np.asarray(features1), np.asarray(features2)
+  if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
+    raise ValueError(f"kid: expected features [N1, D] and [N2, D], got {f1.shape}, {f2.shape}")
+  if min(len(f1), len(f2)) < subset_size:
+    raise ValueError(f"kid: the subset size {subset_size} exceeds the number of samples "
+                     f"({len(f1)}, {len(f2)}); pass a smaller subset_size")
+  gamma = 1.0 / f1.shape[1] if gamma is None else gamma
+  rng = np.random.RandomState(seed)
+  values = np.zeros(subsets)
+  for i in range(subsets):
+    a = f1[rng.choice(len(f1), subset_size, replace=False)]
+    b = f2[rng.choice(len(f2), subset_size, replace=False)]
+    values[i] = _unbiased_mmd2(_poly_kernel(a, a, degree, gamma, coef0),
+                               _poly_kernel(a, b, degree, gamma, coef0),
+                               _poly_kernel(b, b, degree, gamma, coef0))
+  return float(values.mean()), float(values.std())
+
+
+def inception_score(logits, splits: int = IS_SPLITS, shuffle: bool = True,
+                    seed: int = RNG_SEED):
+  """(mean, std) of exp(E_x KL(p(y|x) || p(y))) over `splits` chunks of the (shuffled by
+  np.random.RandomState(seed)) rows of `logits` [N, classes], in float64, as
+  torch-fidelity computes the Inception Score."""
+  z = np.asarray(logits, np.float64)
+  if z.ndim != 2:
+    raise ValueError(f"inception_score: expected logits [N, classes], got {z.shape}")
+  n = z.shape[0]
+  if n < splits:
+    raise ValueError(f"inception_score: {n} samples cannot make {splits} splits")
+  if shuffle:
+    z = z[np.random.RandomState(seed).permutation(n)]
+  log_p = z - np.logaddexp.reduce(z, axis=1, keepdims=True)
+  p = np.exp(log_p)
+  scores = []
+  for i in range(splits):
+    lo, hi = i * n // splits, (i + 1) * n // splits
+    q = p[lo:hi].mean(axis=0, keepdims=True)
+    kl = (p[lo:hi] * (log_p[lo:hi] - np.log(q))).sum(axis=1).mean()
+    scores.append(math.exp(kl))
+  return float(np.mean(scores)), float(np.std(scores))
