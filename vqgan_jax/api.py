@@ -87,7 +87,7 @@ class VQGAN:
     """
     indices = np.asarray(indices) if not isinstance(indices, jax.Array) else indices
     c = self.config
-    n = (c.remap_size + (c.unknown_index == "extra")) if c.remap_size else c.n_embed
+    n = c.num_codes
     if indices.ndim != 3:
       raise ValueError(f"{self.name}: indices must be int32[B, h, w]; got shape "
                        f"{tuple(indices.shape)}")

@@ -110,13 +110,6 @@ def _load(flag: str, path: str, yaml: Optional[str], which: str):
     raise _Error(f"{flag} {path}: cannot be loaded as a VQGAN ({type(e).__name__}: {e})") from None
 
 
-def _vocab(config) -> int:
-  """The number of values the model's indices take."""
-  if config.remap_size:
-    return config.remap_size + (config.unknown_index == "extra")
-  return config.n_embed
-
-
 def _model_fields(vq, path: str, which: str) -> Dict[str, Any]:
   """{path, which, config, fingerprint}: the fingerprint hashes every variable."""
   from vqgan_jax.model_dir import variables_fingerprint
@@ -492,7 +485,7 @@ def _conditioning(args, source, cond_vq, cond_path) -> Tuple[Dict[str, Any], Opt
                  f"downsampling factor {f}")
   return {"kind": "vq", "cond_type": args.cond_type,
           "vqgan": _model_fields(cond_vq, cond_path, args.cond_which),
-          "n_embed": _vocab(cond_vq.config), "cond_grid": [cond_size // f] * 2,
+          "n_embed": cond_vq.config.num_codes, "cond_grid": [cond_size // f] * 2,
           "input_size": args.size, "in_channels": cond_vq.config.in_channels,
           "downsample_cond_size": args.downsample_cond_size or -1,  # taming's -1: none
           "shift_segmentation": bool(args.shift_segmentation)}, None
@@ -593,13 +586,13 @@ def _run(args, argv) -> Dict[str, Any]:
              (i == 0 or argv[i - 1] not in hidden)]
   manifest = {
       "format_version": codes.FORMAT_VERSION,
-      "dataset": {"vqgan": _model_fields(vq, args.vqgan, "vqgan"), "n_embed": _vocab(vq.config),
+      "dataset": {"vqgan": _model_fields(vq, args.vqgan, "vqgan"), "n_embed": vq.config.num_codes,
                   "code_grid": [args.size // f] * 2, "image_size": args.size,
                   "conditioning": conditioning, "tfds": codes.tfds_fields(not args.no_tfrecord)},
       "source": source.fields, "chunk_size": args.chunk_size, "num_chunks": num_chunks,
       "command": command}
   summary = {"split": args.split, "code_grid": [args.size // f] * 2,
-             "vocab": _vocab(vq.config), "out": os.path.abspath(args.out)}
+             "vocab": vq.config.num_codes, "out": os.path.abspath(args.out)}
   os.makedirs(args.out, exist_ok=True)
   if codes.begin_split(args.out, args.split, manifest):
     entry = codes.read_meta(args.out)["splits"][args.split]

@@ -34,7 +34,7 @@ import numpy as np
 
 from vqgan_jax import permuters as permuters_lib
 from vqgan_jax.images import torch_nearest_index
-from vqgan_jax.nn import gpt as gpt_lib
+from vqgan_jax.nn import configs, gpt as gpt_lib
 from vqgan_jax.nn.vqgan import VQGANConfig
 
 COND_KINDS = ("sos", "class", "vq", "coord", "first_stage")
@@ -70,16 +70,7 @@ class Net2NetConfig:
 
   @classmethod
   def from_dict(cls, d: Dict[str, Any]) -> "Net2NetConfig":
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - fields)
-    if unknown:
-      raise ValueError(f"Net2NetConfig: unknown field(s) {unknown}; expected a subset of "
-                       f"{sorted(fields)}")
-    d = dict(d)
-    for k in ("z_shape", "cond_shape"):
-      if k in d:
-        d[k] = tuple(int(v) for v in d[k])
-    return cls(**d)
+    return configs.from_dict(cls, d, ("z_shape", "cond_shape"))
 
   @property
   def n_cond_tokens(self) -> int:
@@ -137,13 +128,6 @@ class Net2NetConfig:
 
   def make_permuter(self) -> permuters_lib.Permuter:
     return permuters_lib.make_permuter(self.permuter, *self.z_shape)
-
-
-def num_codes(cfg: VQGANConfig) -> int:
-  """The number of values a first stage's indices take (its remapped count if remapped)."""
-  if cfg.remap_size:
-    return cfg.remap_size + (cfg.unknown_index == "extra")
-  return cfg.n_embed
 
 
 # ---- pure functions (jit-able) -------------------------------------------------------------
@@ -225,8 +209,8 @@ class Net2Net:
       self.cond_stage = VQGAN(VQGANConfig.from_dict(model_config["cond_stage"]),
                               variables["cond_stage"], name=f"{name}:cond_stage")
     errors = self.transformer_config.validate() + self.config.validate(
-        self.transformer_config, num_codes(self.first_stage.config),
-        num_codes(self.cond_stage.config) if self.cond_stage else None)
+        self.transformer_config, self.first_stage.config.num_codes,
+        self.cond_stage.config.num_codes if self.cond_stage else None)
     if self.config.cond == "vq" and self.cond_stage is None:
       errors.append("cond 'vq' needs cond_stage weights, and the model has none")
     if errors:

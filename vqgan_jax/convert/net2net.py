@@ -22,7 +22,7 @@ import numpy as np
 
 from vqgan_jax import permuters as permuters_lib
 from vqgan_jax.convert import taming
-from vqgan_jax.net2net import Net2NetConfig, num_codes
+from vqgan_jax.net2net import Net2NetConfig
 from vqgan_jax.nn import gpt as gpt_lib
 from vqgan_jax.nn.vqgan import VQGANConfig
 
@@ -212,7 +212,7 @@ def net2net_config_from(sd, project: Mapping[str, Any], overrides: Mapping[str, 
     if not np.array_equal(np.asarray(fwd), expected.forward_idx):
       raise taming.ConversionError(f"{source}: permuter.forward_shuffle_idx is not the "
                                    f"{cfg.permuter} order of a {cfg.z_shape} grid")
-  errors = cfg.validate(gpt, num_codes(first), num_codes(cond_stage) if cond_stage else None)
+  errors = cfg.validate(gpt, first.num_codes, cond_stage.num_codes if cond_stage else None)
   if errors:
     raise taming.ConversionError(f"{source}: net2net: " + "; ".join(errors))
   return cfg

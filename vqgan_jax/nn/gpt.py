@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vqgan_jax.nn import configs
+
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ATTENTION_IMPLS = ("xla", "cudnn")
 DTYPES = ("float32", "bfloat16")
@@ -66,12 +68,7 @@ class GPTConfig:
 
   @classmethod
   def from_dict(cls, d: Dict[str, Any]) -> "GPTConfig":
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - fields)
-    if unknown:
-      raise ValueError(f"GPTConfig: unknown field(s) {unknown}; expected a subset of "
-                       f"{sorted(fields)}")
-    return cls(**d)
+    return configs.from_dict(cls, d)
 
   def validate(self) -> list:
     """One message per field that cannot build a model."""

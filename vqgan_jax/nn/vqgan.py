@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vqgan_jax.nn import quantizers
+from vqgan_jax.nn import configs, quantizers
 from vqgan_jax.nn.conv import Conv
 
 Dtype = Any
@@ -272,16 +272,14 @@ class VQGANConfig:
 
   @classmethod
   def from_dict(cls, d: dict) -> "VQGANConfig":
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - fields)
-    if unknown:
-      raise ValueError(f"VQGANConfig: unknown field(s) {unknown}; expected a subset of "
-                       f"{sorted(fields)}")
-    d = dict(d)
-    for k in ("ch_mult", "attn_resolutions"):
-      if k in d:
-        d[k] = tuple(int(v) for v in d[k])
-    return cls(**d)
+    return configs.from_dict(cls, d, ("ch_mult", "attn_resolutions"))
+
+  @property
+  def num_codes(self) -> int:
+    """The number of values the indices take (the remapped count if remapped)."""
+    if self.remap_size:
+      return self.remap_size + (self.unknown_index == "extra")
+    return self.n_embed
 
   def validate(self) -> list:
     """Returns one message per field that cannot build a model."""

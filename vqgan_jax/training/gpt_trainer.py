@@ -130,8 +130,8 @@ def resolve(config) -> Resolved:
     fields["z_shape"] = (size // f, size // f)
   image_size = int(meta["image_size"]) if meta else int(config.data.images.crop_size)
   n2n = n2n_lib.Net2NetConfig.from_dict(fields)
-  n_codes = n2n_lib.num_codes(first.config)
-  cond_codes = n2n_lib.num_codes(cond_stage.config) if cond_stage is not None else None
+  n_codes = first.config.num_codes
+  cond_codes = cond_stage.config.num_codes if cond_stage is not None else None
   t = dict(config.transformer.to_dict())
   if t["vocab_size"] == -1:
     top = {"sos": n2n.sos_token + 1, "class": n2n.n_classes + (n2n.label_dropout > 0),
