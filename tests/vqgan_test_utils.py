@@ -85,3 +85,47 @@ def parse_cli_flags(argv, default_config: str):
       cli.define_flags(default_config, fv)
     cli.parse_flags(argv, fv)
   return fv
+
+
+# ---- FID Inception on deterministic random weights (tests/fixtures/inception_random) ----
+
+def random_fid_state_dict(shapes, seed=0):
+  """torch key -> float32 array, drawn in sorted key order from default_rng(seed)."""
+  rng = np.random.default_rng(seed)
+  out = {}
+  for key in sorted(shapes):
+    shape = tuple(shapes[key])
+    if key.endswith("conv.weight"):
+      v = rng.standard_normal(shape) * np.sqrt(2.0 / np.prod(shape[1:]))
+    elif key.endswith("bn.weight"):
+      v = rng.uniform(0.8, 1.2, shape)
+    elif key.endswith(("bn.bias", "bn.running_mean")):
+      v = rng.uniform(-0.2, 0.2, shape)
+    elif key.endswith("bn.running_var"):
+      v = rng.uniform(0.5, 1.5, shape)
+    elif key == "fc.weight":
+      v = rng.standard_normal(shape) * np.sqrt(1.0 / shape[1])
+    elif key == "fc.bias":
+      v = rng.uniform(-0.1, 0.1, shape)
+    else:
+      raise KeyError(key)
+    out[key] = v.astype(np.float32)
+  return out
+
+
+def torch_inception_shapes():
+  """torch key -> torch shape of the FID InceptionV3 state dict, from our model's tree."""
+  from vqgan_jax.convert.taming import _flatten
+  from vqgan_jax.nn.inception import inception_shapes
+  shapes = {}
+  for coll, tree in inception_shapes().items():
+    for path, leaf in _flatten(tree).items():
+      shape = tuple(leaf.shape)
+      if len(shape) == 4:
+        shape = (shape[3], shape[2], shape[0], shape[1])  # HWIO -> OIHW
+      elif len(shape) == 2:
+        shape = shape[::-1]
+      leaf_name = {"kernel": "weight", "scale": "weight", "mean": "running_mean",
+                   "var": "running_var"}.get(path[-1], path[-1])
+      shapes[".".join(path[:-1] + (leaf_name,))] = shape  # torch names have no list indices
+  return shapes

@@ -198,9 +198,16 @@ def load_stats(path: str):
   return mu, sigma
 
 
+def _clip_noise(w: np.ndarray) -> np.ndarray:
+  """Eigenvalues of a PSD matrix with rounding noise set to 0: those below n * eps *
+  max (numpy.linalg.matrix_rank's tolerance). A singular covariance (fewer samples than
+  features) has thousands of them, and their square roots would otherwise add up."""
+  return np.where(w > w.size * np.finfo(w.dtype).eps * max(w.max(), 0.0), w, 0.0)
+
+
 def _psd_sqrt(a: np.ndarray) -> np.ndarray:
   w, v = np.linalg.eigh((a + a.T) / 2)
-  return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+  return (v * np.sqrt(_clip_noise(w))) @ v.T
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
@@ -219,7 +226,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   r = _psd_sqrt(s1)
   m = r @ s2 @ r
   eig = np.linalg.eigvalsh((m + m.T) / 2)
-  tr_covmean = np.sqrt(np.clip(eig, 0.0, None)).sum()
+  tr_covmean = np.sqrt(_clip_noise(eig)).sum()
   diff = mu1 - mu2
   return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
 

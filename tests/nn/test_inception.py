@@ -12,55 +12,16 @@ import jax
 import numpy as np
 import pytest
 
-from vqgan_jax.convert.taming import ConversionError, _flatten
+from vqgan_jax.convert.taming import ConversionError
 from vqgan_jax.nn import inception as inc
+from vqgan_test_utils import random_fid_state_dict, torch_inception_shapes
 
 FIXTURE = pathlib.Path(__file__).parent.parent / "fixtures" / "inception_random" / "reference.npz"
 
 
-def random_fid_state_dict(shapes, seed=0):
-  """torch key -> float32 array, drawn in sorted key order from default_rng(seed)."""
-  rng = np.random.default_rng(seed)
-  out = {}
-  for key in sorted(shapes):
-    shape = tuple(shapes[key])
-    if key.endswith("conv.weight"):
-      v = rng.standard_normal(shape) * np.sqrt(2.0 / np.prod(shape[1:]))
-    elif key.endswith("bn.weight"):
-      v = rng.uniform(0.8, 1.2, shape)
-    elif key.endswith(("bn.bias", "bn.running_mean")):
-      v = rng.uniform(-0.2, 0.2, shape)
-    elif key.endswith("bn.running_var"):
-      v = rng.uniform(0.5, 1.5, shape)
-    elif key == "fc.weight":
-      v = rng.standard_normal(shape) * np.sqrt(1.0 / shape[1])
-    elif key == "fc.bias":
-      v = rng.uniform(-0.1, 0.1, shape)
-    else:
-      raise KeyError(key)
-    out[key] = v.astype(np.float32)
-  return out
-
-
-def torch_shapes():
-  """torch key -> torch shape of the FID InceptionV3 state dict, from our model's tree."""
-  shapes = {}
-  for coll, tree in inc.inception_shapes().items():
-    for path, leaf in _flatten(tree).items():
-      shape = tuple(leaf.shape)
-      if len(shape) == 4:
-        shape = (shape[3], shape[2], shape[0], shape[1])  # HWIO -> OIHW
-      elif len(shape) == 2:
-        shape = shape[::-1]
-      leaf_name = {"kernel": "weight", "scale": "weight", "mean": "running_mean",
-                   "var": "running_var"}.get(path[-1], path[-1])
-      shapes[".".join(path[:-1] + (leaf_name,))] = shape  # torch names have no list indices
-  return shapes
-
-
 @pytest.fixture(scope="module")
 def state_dict():
-  return random_fid_state_dict(torch_shapes())
+  return random_fid_state_dict(torch_inception_shapes())
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +46,15 @@ def test_resize_matches_torch_interpolate(reference, name):
   np.testing.assert_allclose(got[:, ::7, ::7], reference[f"resize_{name}_out"], atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["up", "down"])
+def test_host_resize_matches_torch_interpolate(reference, name):
+  """The host-side resize (image files) against torch: a second path to the same values."""
+  for image, want in zip(reference[f"resize_{name}_in"], reference[f"resize_{name}_out"]):
+    got = inc.resize_bilinear_numpy(image)
+    assert got.shape == (299, 299, 3) and got.dtype == np.float32
+    np.testing.assert_allclose(got[::7, ::7], want, atol=1e-6)
+
+
 def test_resize_is_identity_at_299():
   np.testing.assert_array_equal(inc.bilinear_matrix(299, 299), np.eye(299, dtype=np.float32))
 
@@ -103,6 +73,7 @@ def test_outputs_match_pytorch_fid(state_dict, reference, size):
 def test_wrong_state_dict_names_every_key(state_dict):
   bad = dict(state_dict)
   del bad["Mixed_7c.branch_pool.bn.running_var"]
+  del bad["Mixed_6b.branch7x7_2.conv.weight"]
   bad["Mixed_6a.branch3x3.conv.weight"] = np.zeros((384, 288, 1, 1), np.float32)
   bad["AuxLogits.fc.weight"] = np.zeros((1000, 768), np.float32)
   with pytest.raises(ConversionError) as err:
@@ -111,7 +82,7 @@ def test_wrong_state_dict_names_every_key(state_dict):
   assert "bad.pth" in msg
   assert "missing keys" in msg and "Mixed_7c.branch_pool.bn.running_var" in msg
   assert "unexpected keys" in msg and "AuxLogits.fc.weight" in msg
-  # A name with "_<digit>" is reported (in missing keys) by taming's inverse as ".<digit>".
+  assert "Mixed_6b.branch7x7_2.conv.weight" in msg  # a name, not the list item branch7x7.2
   assert "shape mismatches" in msg and "Mixed_6a.branch3x3.conv.weight" in msg
 
 

@@ -85,7 +85,8 @@ def path_to_torch_key(collection: str, path: Tuple[str, ...]) -> str:
   """Best inverse of the mapping, for messages about keys we expected but did not get."""
   parts = []
   for i, seg in enumerate(path[:-1]):
-    m = re.fullmatch(r"(.*)_(\d+)", seg)
+    # 'down_0' is the list item down.0; 'branch7x7_2' (digits before the '_') is a name.
+    m = re.fullmatch(r"(\D*)_(\d+)", seg)
     if m and not (i > 0 and path[i - 1] == "mid"):
       parts.append(f"{m.group(1)}.{m.group(2)}")
     else:

@@ -46,12 +46,14 @@ def _pair(v) -> Tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=32)
-def bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
-  """float32[size_out, size_in]: torch's 1-D bilinear resize, align_corners=False.
+def bilinear_taps(size_in: int, size_out: int):
+  """torch's 1-D bilinear resize (align_corners=False, no antialiasing) as two taps per
+  output: (i0 int64[size_out], i1 int64[size_out], lam float32[size_out]), out[o] =
+  (1 - lam[o]) * x[i0[o]] + lam[o] * x[i1[o]].
 
-  src = (dst + 0.5) * size_in / size_out - 0.5, clamped below at 0; the two taps are
-  floor(src) and min(floor(src) + 1, size_in - 1). No antialiasing: when shrinking, each
-  output still reads only two inputs, as torch (antialias=False) does.
+  src = (dst + 0.5) * size_in / size_out - 0.5, clamped below at 0; the taps are
+  floor(src) and min(floor(src) + 1, size_in - 1). When shrinking, each output still
+  reads only two inputs, as torch (antialias=False) does.
   """
   # torch computes the source coordinate in float32 (opmath of float); so do we.
   f32 = np.float32
@@ -61,10 +63,33 @@ def bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
   i0 = np.minimum(np.floor(src).astype(np.int64), size_in - 1)
   i1 = np.minimum(i0 + 1, size_in - 1)
   lam = (src - i0.astype(f32)).astype(f32)
+  return i0, i1, lam
+
+
+@functools.lru_cache(maxsize=32)
+def bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
+  """float32[size_out, size_in]: `bilinear_taps` as a matrix (for resizing on device)."""
+  i0, i1, lam = bilinear_taps(size_in, size_out)
   m = np.zeros((size_out, size_in), np.float32)
-  np.add.at(m, (np.arange(size_out), i0), f32(1.0) - lam)
+  np.add.at(m, (np.arange(size_out), i0), np.float32(1.0) - lam)
   np.add.at(m, (np.arange(size_out), i1), lam)
-  return m.astype(np.float32)
+  return m
+
+
+def resize_bilinear_numpy(image, size: Tuple[int, int] = (INPUT_SIZE, INPUT_SIZE)) -> np.ndarray:
+  """uint8 or float[H, W, C] -> float32[size[0], size[1], C] on the host: the same resize
+  as `resize_bilinear_torch` (uint8 input is first divided by 255, as torchvision's
+  ToTensor does), by gathering the two taps per axis (width, then height, as torch)."""
+  x = np.asarray(image)
+  x = x.astype(np.float32) / np.float32(255.0) if x.dtype == np.uint8 else x.astype(np.float32)
+  if x.ndim != 3:
+    raise ValueError(f"resize_bilinear_numpy: expected an image [H, W, C], got {x.shape}")
+  if x.shape[:2] == tuple(size):
+    return x
+  j0, j1, m = bilinear_taps(x.shape[1], size[1])
+  x = x[:, j0] * (np.float32(1.0) - m)[None, :, None] + x[:, j1] * m[None, :, None]
+  i0, i1, lam = bilinear_taps(x.shape[0], size[0])
+  return x[i0] * (np.float32(1.0) - lam)[:, None, None] + x[i1] * lam[:, None, None]
 
 
 def resize_bilinear_torch(x, size: Tuple[int, int] = (INPUT_SIZE, INPUT_SIZE)):

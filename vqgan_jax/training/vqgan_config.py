@@ -6,6 +6,7 @@ can be overridden on the command line (`--config.loss.disc_start=1000`).
 """
 
 import dataclasses
+import os
 from typing import List
 
 import ml_collections
@@ -46,6 +47,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.gumbel_temperature = ml_collections.ConfigDict(dict(
       warm_up_steps=0, max_decay_steps=1000001, start=0.9, max=0.9, min=1e-6))
   c.image_every = 750              # input | reconstruction grid (taming's ImageLogger)
+  # rFID of the validation reconstructions against the validation images, every
+  # eval_every steps: set to pytorch-fid's pt_inception-2015-12-05-6726825d.pth ("" = off).
+  c.eval = ml_collections.ConfigDict(dict(inception=""))
   return c
 
 
@@ -103,6 +107,10 @@ def validate_config(config, num_devices: int = 1, process_count: int = 1) -> Lis
     errors.append("optim.base_learning_rate: expected > 0 (or set optim.learning_rate)")
   if int(config.dead_code_restart_every) < 0:
     errors.append(f"dead_code_restart_every: expected >= 0, got {config.dead_code_restart_every}")
+  inception = config.get("eval", {}).get("inception", "")
+  if inception and not os.path.isfile(inception):
+    errors.append(f"eval.inception: no file at {inception!r}; expected pytorch-fid's "
+                  "pt_inception-2015-12-05-6726825d.pth (never downloaded here)")
   return errors
 
 

@@ -19,6 +19,7 @@ import optax
 from vqgan_jax import losses
 from vqgan_jax import metrics as metrics_lib
 from vqgan_jax.nn.discriminator import NLayerDiscriminator
+from vqgan_jax.nn.inception import FIDInception
 from vqgan_jax.nn.lpips import LPIPS
 from vqgan_jax.nn.vqgan import VQModel, conv_out_apply
 from vqgan_jax.training import accumulation
@@ -222,25 +223,53 @@ def train_step(setup: VQGANTrainSetup, state: VQGANTrainState, lpips_params, bat
   return new_state, metrics
 
 
-def eval_step(setup: VQGANTrainSetup, state: VQGANTrainState, lpips_params, batch):
-  """Sums over the real images of {"image", "mask"}: L1, PSNR, SSIM (images of 11 px and
-  more), LPIPS (when the setup has it), count, and code counts int32[n_codes]."""
-  x, mask = batch["image"], batch["mask"].astype(jnp.float32)
-  variables = dict(state.model_state, params=state.ae_params)
-  x_rec, _, info = setup.model.apply(variables, x, train=False,
-                                     rngs={"remap": jax.random.PRNGKey(0)})
+def reconstruction_metrics(model: VQModel, variables, x, mask, n_codes: int,
+                           lpips: Optional[LPIPS] = None, lpips_params=None,
+                           inception_variables=None):
+  """Sums over the real rows (mask 1) of a batch x float32[B, H, W, C] in [-1, 1]:
+  L1, PSNR, SSIM (images of 11 px and more), LPIPS (when given), count, and the code
+  histogram int32[n_codes] of the deterministic reconstruction (clipped to [-1, 1]).
+
+  With `inception_variables` (pytorch-fid's Inception), also the rows' pool3 features
+  of the inputs and reconstructions as their PNGs would hold them (`fid.unit_levels`):
+  'pool3_real', 'pool3_fake' float32[B, 2048], plus 'mask' [B] to select the real rows.
+  """
+  mask = mask.astype(jnp.float32)
+  x_rec, _, info = model.apply(variables, x, train=False, rngs={"remap": jax.random.PRNGKey(0)})
   x_rec = jnp.clip(x_rec, -1.0, 1.0)
   l1 = jnp.mean(jnp.abs(x - x_rec), axis=(1, 2, 3))
-  one_hot_counts = jax.vmap(lambda i: jnp.bincount(i.ravel(), length=setup.n_codes))(
+  one_hot_counts = jax.vmap(lambda i: jnp.bincount(i.ravel(), length=n_codes))(
       info["indices"])
   out = {"l1": jnp.sum(l1 * mask), "psnr": jnp.sum(metrics_lib.psnr(x, x_rec) * mask),
          "count": jnp.sum(mask),
          "code_counts": jnp.sum(one_hot_counts * mask[:, None].astype(jnp.int32), axis=0)}
   if min(x.shape[1:3]) >= 11:  # SSIM's 11 x 11 Gaussian window fits
     out["ssim"] = jnp.sum(metrics_lib.ssim(x, x_rec) * mask)
-  if setup.lpips is not None:
-    out["lpips"] = jnp.sum(setup.lpips.apply(lpips_params, x, x_rec) * mask)
+  if lpips is not None:
+    out["lpips"] = jnp.sum(lpips.apply(lpips_params, x, x_rec) * mask)
+  if inception_variables is not None:
+    from vqgan_jax import fid
+    net = FIDInception()
+    out["pool3_real"] = fid.inception_outputs(net, inception_variables,
+                                              fid.unit_levels(x))["pool3"]
+    out["pool3_fake"] = fid.inception_outputs(net, inception_variables,
+                                              fid.unit_levels(x_rec))["pool3"]
+    out["mask"] = mask
   return out
+
+
+def eval_step(setup: VQGANTrainSetup, state: VQGANTrainState, lpips_params, batch,
+              inception_variables=None):
+  """`reconstruction_metrics` of the state's model on {"image", "mask"}."""
+  variables = dict(state.model_state, params=state.ae_params)
+  return reconstruction_metrics(setup.model, variables, batch["image"], batch["mask"],
+                                setup.n_codes, setup.lpips, lpips_params, inception_variables)
+
+
+def split_features(out: Dict[str, Any]):
+  """(sums, features): an eval output without / with its per-row Inception entries."""
+  rows = {k: out.pop(k) for k in ("pool3_real", "pool3_fake", "mask") if k in out}
+  return out, rows
 
 
 def reconstruct(setup: VQGANTrainSetup, state: VQGANTrainState, images):
@@ -276,6 +305,12 @@ class CompiledSteps:
                         in_shardings=(self.state_sharding, self.lpips_sharding,
                                       {"image": batch_sh, "mask": batch_sh}),
                         out_shardings=repl)
+    self.inception_sharding = repl
+    self.eval_with_inception = jax.jit(
+        functools.partial(eval_step, setup),
+        in_shardings=(self.state_sharding, self.lpips_sharding,
+                      {"image": batch_sh, "mask": batch_sh}, repl),
+        out_shardings=repl)
     self.reconstruct = jax.jit(functools.partial(reconstruct, setup),
                                in_shardings=(self.state_sharding, batch_sh), out_shardings=repl)
 

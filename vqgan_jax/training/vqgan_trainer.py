@@ -3,7 +3,7 @@
 `train_and_evaluate(config, workdir)` runs `loop.train` with a `VQGANTask`: the setup
 of `vqgan_lib.build_setup`, its jitted steps over the config's mesh and sharding rules,
 image batches from `vqgan_jax.data.pipeline`, validation (L1, LPIPS, PSNR, SSIM, code
-usage and perplexity over the whole validation split), fixed input | reconstruction
+usage and perplexity over the whole validation split; rFID with `eval.inception`), fixed input | reconstruction
 grids, and the exported model directory (kind "vqgan").
 """
 
@@ -40,6 +40,15 @@ class VQGANTask(loop.TrainTask):
                                      "vqgan_jax:prepare_data")
     self.num_eval = counts["eval"]
     self._grid_batch = None
+    self.inception, self._real_fid = None, None
+    inception = config.get("eval", {}).get("inception", "")
+    if inception:
+      from vqgan_jax.nn.inception import load_inception
+      try:
+        variables = load_inception(inception)
+      except (OSError, ValueError) as e:
+        raise loop.TrainingError(f"eval.inception: {e}") from None
+      self.inception = jax.device_put(variables, self.steps.inception_sharding)
 
   def _batch_kwargs(self):
     return dict(process_index=jax.process_index(), process_count=jax.process_count(),
@@ -93,21 +102,37 @@ class VQGANTask(loop.TrainTask):
     return vqgan_config.learning_rate(self.config)
 
   def evaluate(self, state) -> Optional[Dict[str, float]]:
-    """Means over the whole validation split, and the codebook's usage on it."""
+    """Means over the whole validation split, the codebook's usage on it and, with
+    eval.inception, the rFID of the reconstructions against the validation images."""
+    from vqgan_jax import fid
     from vqgan_jax.data import pipeline
     if not self.num_eval:
       return None
     totals = None
+    real = fid.FeatureSet() if self.inception is not None and self._real_fid is None else None
+    fake = fid.FeatureSet() if self.inception is not None else None
     for batch in pipeline.create_eval_iterator(
         self.config.data, global_batch_size=int(self.config.batch_size), **self._batch_kwargs()):
-      out = jax.device_get(self.steps.eval(state, self.lpips,
-                                           sharding.global_batch(batch, self.mesh)))
+      batch = sharding.global_batch(batch, self.mesh)
+      if self.inception is None:
+        out = self.steps.eval(state, self.lpips, batch)
+      else:
+        out = self.steps.eval_with_inception(state, self.lpips, batch, self.inception)
+      out, rows = vqgan_lib.split_features(jax.device_get(out))
+      if rows:
+        fake.update({"pool3": rows["pool3_fake"]}, rows["mask"])
+        if real is not None:
+          real.update({"pool3": rows["pool3_real"]}, rows["mask"])
       totals = out if totals is None else jax.tree_util.tree_map(np.add, totals, out)
     n = float(totals["count"])
     counts = totals.pop("code_counts")
     result = {f"val/{k}": float(v) / n for k, v in totals.items() if k != "count"}
     result.update({"val/code_usage": metrics_lib.code_usage(counts),
                    "val/perplexity": metrics_lib.perplexity(counts), "val/num_images": n})
+    if fake is not None:
+      if real is not None:  # the validation images do not change: their statistics are kept
+        self._real_fid = real.mu_sigma()
+      result["val/rfid"] = fid.scores(self._real_fid, fake)["fid"]
     return result
 
   def _grid_inputs(self):
