@@ -35,3 +35,13 @@ def vqgan_tiny_converted():
 @pytest.fixture(scope="session")
 def vqgan_tiny_ref():
   return np.load(tiny("vqgan_tiny.npz"))
+
+
+@pytest.fixture(scope="session")
+def inception_pth(tmp_path_factory):
+  """pytorch-fid's Inception with `random_fid_state_dict` weights, as a torch .pth file
+  written by tests/torch_writer.py (95 MB, once per test process)."""
+  from torch_writer import save_state_dict
+  from vqgan_test_utils import random_fid_state_dict, torch_inception_shapes
+  path = tmp_path_factory.mktemp("inception") / "pt_inception-random.pth"
+  return str(save_state_dict(path, random_fid_state_dict(torch_inception_shapes())))

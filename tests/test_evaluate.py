@@ -23,12 +23,6 @@ FOLDERS = FIXTURES / "fid_folders"
 
 
 @pytest.fixture(scope="module")
-def inception_pth(tmp_path_factory):
-  path = tmp_path_factory.mktemp("inception") / "pt_inception-random.pth"
-  return str(save_state_dict(path, random_fid_state_dict(torch_inception_shapes())))
-
-
-@pytest.fixture(scope="module")
 def reference():
   return dict(np.load(FOLDERS / "reference.npz"))
 
@@ -109,14 +103,14 @@ def test_masked_rows_do_not_count(inception_pth):
   """InceptionFeatures on a padded batch: the padding (mask 0) is not in the statistics,
   and a row's features do not depend on its batch mates."""
   rng = np.random.default_rng(0)
-  images = rng.uniform(0, 1, (8, 299, 299, 3)).astype(np.float32)
+  images = rng.uniform(0, 1, (2, 299, 299, 3)).astype(np.float32)
   net = fid.load_features(inception_pth)
-  out = net(images, np.array([1, 1, 1, 0, 0, 0, 0, 0]))
-  other = net(np.concatenate([images[2:3], images[:2], images[3:]][::-1]))
-  np.testing.assert_allclose(out["pool3"][2], other["pool3"][-1], atol=2e-5)
-  s = fid.FeatureSet().update(out)
-  assert s.count == 3
-  np.testing.assert_allclose(s.stats.mean, out["pool3"][:3].astype(np.float64).mean(0), atol=1e-9)
+  out = net(images, np.array([1, 0]))
+  swapped = net(images[::-1])
+  np.testing.assert_allclose(out["pool3"][0], swapped["pool3"][1], atol=2e-5)
+  s = fid.FeatureSet(keep_features=True).update(out)
+  assert s.count == 1 and s.features.shape == (1, 2048)
+  np.testing.assert_allclose(s.stats.mean, out["pool3"][0], atol=1e-6)
 
 
 def test_wrong_weights_file_names_every_key(tmp_path, capsys):
@@ -156,3 +150,75 @@ def test_missing_weights_file_says_where_to_get_it(tmp_path, capsys):
   rc, _, err = _run(["fid", "--inception", str(tmp_path / "none.pth"), "--real",
                      str(FOLDERS / "a"), "--fake", str(FOLDERS / "b")], capsys)
   assert rc == 2 and "pt_inception-2015-12-05-6726825d.pth" in err and "never downloaded" in err
+
+
+def test_reconstruction_of_a_taming_vqgan_equals_a_second_path(inception_pth, tmp_path, capsys):
+  """`reconstruction` on the converted taming tiny VQGAN against the same numbers computed
+  image by image from the public API (load_vqgan), numpy, scikit-image's SSIM, the LPIPS
+  module and InceptionFeatures on the uint8 images."""
+  from skimage.metrics import structural_similarity
+
+  from vqgan_jax.api import load_vqgan
+  from vqgan_jax.data import pipeline
+  from vqgan_jax.images import to_uint8
+  from vqgan_jax.nn.lpips import LPIPS, load_pretrained_lpips
+  from vqgan_test_utils import tiny
+  folder = tmp_path / "two"
+  folder.mkdir()
+  for name in ("00.png", "01.png"):
+    shutil.copy(FOLDERS / "b" / name, folder / name)
+  ckpt, yaml = tiny("vqgan_tiny.ckpt"), tiny("vqgan_tiny-project.yaml")
+  rc, got, err = _run(["reconstruction", "--checkpoint", ckpt, "--config", yaml, "--data",
+                       str(folder), "--size", "32", "--batch_size", "2", "--inception",
+                       inception_pth, "--quiet"], capsys)
+  assert rc == 0, err
+  # The second path: the same centre crops, reconstructed by the API.
+  cfg = evaluate._data_config(str(folder), evaluate.build_parser().parse_args(
+      ["reconstruction", "--checkpoint", "x", "--data", str(folder), "--size", "32"]),
+      str(tmp_path / "prep"))
+  x = next(pipeline.create_eval_iterator(cfg, global_batch_size=2))["image"]
+  vq = load_vqgan(ckpt, yaml)
+  rec = np.clip(np.asarray(vq.reconstruct(x)), -1, 1)
+  _, idx = vq.encode(x)
+  counts = np.bincount(np.asarray(idx).ravel(), minlength=vq.config.num_codes)
+  mse = np.mean((x - rec) ** 2, axis=(1, 2, 3))
+  ssim = [structural_similarity(a.astype(np.float64), b.astype(np.float64), channel_axis=-1,
+                                data_range=2.0, gaussian_weights=True, sigma=1.5,
+                                use_sample_covariance=False) for a, b in zip(x, rec)]
+  lpips = LPIPS().apply(load_pretrained_lpips(None), x, rec)
+  p = counts[counts > 0] / counts.sum()
+  net = fid.load_features(inception_pth)
+  real = fid.FeatureSet().update(net(to_uint8(x)))
+  fake = fid.FeatureSet().update(net(to_uint8(rec)))
+  want = {"l1": np.mean(np.abs(x - rec)), "psnr": np.mean(10 * np.log10(4.0 / mse)),
+          "ssim": np.mean(ssim), "lpips": float(np.mean(lpips)),
+          "code_usage": np.mean(counts > 0), "perplexity": np.exp(-np.sum(p * np.log(p))),
+          "rfid": fid.scores(real, fake)["fid"]}
+  assert got["num_images"] == 2 and got["n_codes"] == 64 and got["size"] == 32
+  for key, value in want.items():
+    assert got[key] == pytest.approx(float(value), rel=2e-4, abs=1e-5), key
+
+
+def test_cli_subprocess_smoke(inception_pth, tmp_path):
+  """`python -m vqgan_jax.evaluate fid` as users run it: statistics of two images."""
+  import subprocess
+  import sys
+  folder = tmp_path / "two"
+  folder.mkdir()
+  for name in ("00.png", "01.png"):
+    shutil.copy(FOLDERS / "a" / name, folder / name)
+  out = tmp_path / "stats.npz"
+  res = subprocess.run([sys.executable, "-m", "vqgan_jax.evaluate", "fid", "--inception",
+                        inception_pth, "--real", str(folder), "--save_stats", str(out),
+                        "--batch_size", "2"], capture_output=True, text=True, timeout=600)
+  assert res.returncode == 0, res.stderr
+  result = json.loads(res.stdout.strip().splitlines()[-1])
+  assert result["num_real"] == 2 and result["saved_stats"] == str(out)
+  mu, sigma = metrics.load_stats(str(out))
+  assert mu.shape == (2048,) and sigma.shape == (2048, 2048)
+  np.testing.assert_allclose(mu, _pool3_a()[:2].mean(0), atol=1e-4)  # pytorch-fid's rows
+  assert "real: 2/2 images" in res.stderr
+
+
+def _pool3_a():
+  return np.load(FOLDERS / "reference.npz")["pool3_a"]

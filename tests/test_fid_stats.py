@@ -146,3 +146,25 @@ def test_inception_score_closed_forms():
   assert metrics.inception_score(confident, shuffle=False)[0] == pytest.approx(c, rel=1e-6)
   same = np.tile(np.arange(c, dtype=np.float64), (50, 1))
   assert metrics.inception_score(same)[0] == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("n1, n2, d", [(20, 12, 64), (5, 9, 32), (40, 30, 16)])
+def test_distance_of_rows_equals_the_distance_of_statistics(n1, n2, d):
+  """The Gram-matrix path (fewer rows than dimensions, and also more) against the
+  eigenvalue path on the same sets' mean and covariance."""
+  rng = np.random.default_rng(n1)
+  x, y = _features(rng, n1, d), _features(rng, n2, d, scale=1.3, shift=0.2)
+  want = metrics.frechet_distance(x.mean(0), np.cov(x, rowvar=False), y.mean(0),
+                                  np.cov(y, rowvar=False))
+  assert metrics.frechet_distance_of_rows(x, y) == pytest.approx(want, rel=1e-9)
+  assert abs(metrics.frechet_distance_of_rows(x, x)) < 1e-9 * np.trace(np.cov(x, rowvar=False))
+
+
+def test_feature_stats_keep_rows_only_up_to_the_dimension():
+  rng = np.random.default_rng(0)
+  s = metrics.FeatureStats(8)
+  x = rng.normal(size=(8, 8))
+  s.update(x[:5]).update(x[5:], mask=[1, 0, 1])
+  np.testing.assert_allclose(s.rows, x[[0, 1, 2, 3, 4, 5, 7]], atol=1e-12)
+  s.update(rng.normal(size=(2, 8)))
+  assert s.count == 9 and s.rows is None

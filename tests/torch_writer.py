@@ -2,7 +2,6 @@
 (no torch, no importable globals needed) and `save_state_dict`, which writes a dict of
 numpy arrays in torch.save's zip format, as `torch.load` reads it."""
 
-import collections
 import struct
 import zipfile
 

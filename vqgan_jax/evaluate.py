@@ -115,6 +115,12 @@ class FolderSource(ImageSource):
     self.description = f"images in {path}"
     self.num_examples = len(self.paths)
 
+  @classmethod
+  def from_paths(cls, paths: Sequence[str], description: str) -> "FolderSource":
+    out = cls.__new__(cls)
+    out.paths, out.description, out.num_examples = list(paths), description, len(paths)
+    return out
+
   def _read(self, path: str):
     from vqgan_jax.images import read_image
     try:

@@ -8,7 +8,8 @@
   `perplexity(c)`    exp(entropy) of a code histogram: the effective number of codes.
   `FeatureStats`     streaming float64 mean / covariance of feature rows (FID statistics).
   `frechet_distance` FID of two (mu, sigma) pairs; `save_stats` / `load_stats` in
-                     pytorch-fid's .npz layout.
+                     pytorch-fid's .npz layout. `frechet_distance_of_rows`: the same
+                     from the feature rows of sets smaller than the dimension (fast).
   `kid`, `inception_score`  KID and IS as torch-fidelity computes them (same seeds).
 """
 
@@ -147,6 +148,7 @@ class FeatureStats:
     self._shift = None
     self._sum = np.zeros((self.dim,), np.float64)
     self._outer = np.zeros((self.dim, self.dim), np.float64)
+    self._rows = []  # kept while count <= dim: see `rows`
 
   def update(self, features, mask=None) -> "FeatureStats":
     x = np.asarray(features, np.float64)
@@ -162,7 +164,17 @@ class FeatureStats:
     self.count += x.shape[0]
     self._sum += x.sum(axis=0)
     self._outer += x.T @ x
+    if self._rows is not None:
+      self._rows = self._rows + [x] if self.count <= self.dim else None
     return self
+
+  @property
+  def rows(self):
+    """float64[count, dim] of every row, while there are no more rows than dimensions
+    (else None): small sets then get an exact, fast FID (`frechet_distance_of_rows`)."""
+    if self._rows is None or not self.count:
+      return None
+    return self._shift + np.concatenate(self._rows)
 
   @property
   def mean(self) -> np.ndarray:
@@ -229,6 +241,24 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   tr_covmean = np.sqrt(_clip_noise(eig)).sum()
   diff = mu1 - mu2
   return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
+
+
+def frechet_distance_of_rows(x1, x2) -> float:
+  """`frechet_distance` of the means and (unbiased) covariances of two sets of rows,
+  computed without any d x d matrix: with centred rows A1, A2, tr((S1 S2)^(1/2)) is the
+  sum of the singular values of A1 A2^T / sqrt((n1 - 1)(n2 - 1)) (the nonzero eigenvalues
+  of S1 S2 are those of M M^T, M = A1 A2^T, up to that factor). Exact; O(n1 n2 d), so
+  for sets smaller than the feature dimension, where the covariances are singular."""
+  x1, x2 = np.asarray(x1, np.float64), np.asarray(x2, np.float64)
+  if x1.ndim != 2 or x2.ndim != 2 or x1.shape[1] != x2.shape[1] or min(len(x1), len(x2)) < 2:
+    raise ValueError(f"frechet_distance_of_rows: expected [N1, D] and [N2, D] with N >= 2, "
+                     f"got {x1.shape}, {x2.shape}")
+  n1, n2 = len(x1), len(x2)
+  a1, a2 = x1 - x1.mean(axis=0), x2 - x2.mean(axis=0)
+  tr_covmean = np.linalg.svd(a1 @ a2.T, compute_uv=False).sum() / math.sqrt((n1 - 1) * (n2 - 1))
+  diff = x1.mean(axis=0) - x2.mean(axis=0)
+  return float(diff @ diff + (a1 * a1).sum() / (n1 - 1) + (a2 * a2).sum() / (n2 - 1)
+               - 2.0 * tr_covmean)
 
 
 # ---- Kernel Inception Distance and Inception Score (torch-fidelity's definitions) -----------

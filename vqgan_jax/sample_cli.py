@@ -93,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
   a("--height", type=int, default=None, help="pixels (default: the trained size)")
   a("--width", type=int, default=None, help="pixels (default: the trained size)")
   a("--grid_samples", type=int, default=8, help="samples per set shown in grid.png")
+  a("--inception", default=None,
+    help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth: score the samples")
+  a("--fid_stats", default=None,
+    help="reference statistics .npz (pytorch-fid layout; `python -m vqgan_jax.evaluate fid "
+         "--real ... --save_stats`): FID of all samples of the run against them")
+  a("--inception_score", action="store_true", help="also the Inception Score (10 splits)")
   return p
 
 
@@ -502,6 +508,7 @@ def _run(args) -> int:
     raise _Error(f"--temperature must be > 0, got {args.temperature}")
   if args.top_p > 1:
     raise _Error(f"--top_p must be <= 1 (< 0: no nucleus step), got {args.top_p}")
+  scoring = _check_scoring(args)
   try:
     n2n, step = load_model(args.checkpoint, args.config)
   except (OSError, ValueError, KeyError) as e:   # their messages name the file
@@ -570,7 +577,48 @@ def _run(args) -> int:
     _write_grid(os.path.join(run_dir, "grid.png"), run_dir, sets, n, args.grid_samples)
   print(f"[sample] wrote {len(pending)} new samples ({len(pngs)} in all) to {run_dir}: "
         f"grid.png, settings.json, codes.npz", flush=True)
+  if scoring is not None:
+    _score(args, scoring, pngs, run_dir)
   return 0
+
+
+def _check_scoring(args):
+  """The reference statistics (or None) when samples are to be scored; checked before any
+  sample is drawn."""
+  if not (args.fid_stats or args.inception_score):
+    return None
+  if not args.inception:
+    raise _Error("--fid_stats / --inception_score need --inception (pytorch-fid's "
+                 "pt_inception-2015-12-05-6726825d.pth)")
+  if not os.path.isfile(args.inception):
+    raise _Error(f"--inception {args.inception}: no such file")
+  if args.inception_score and args.num_samples < 10:
+    raise _Error("--inception_score splits the samples in 10: draw at least 10 per set")
+  if not args.fid_stats:
+    return ()
+  from vqgan_jax.metrics import load_stats
+  try:
+    return load_stats(args.fid_stats)
+  except OSError as e:
+    raise _Error(f"--fid_stats {args.fid_stats}: {e}") from None
+
+
+def _score(args, reference, pngs: List[str], run_dir: str) -> None:
+  """FID (against --fid_stats) and IS of every sample PNG of the run, as `python -m
+  vqgan_jax.evaluate fid` computes them; written to metrics.json and printed."""
+  from vqgan_jax import evaluate, fid
+  from vqgan_jax.nn.inception import load_inception
+  net = fid.InceptionFeatures(load_inception(args.inception))
+  source = evaluate.FolderSource.from_paths(pngs, f"samples in {run_dir}")
+  batch = evaluate._global_batch(args.batch_size, net.mesh.devices.size)  # noqa: SLF001
+  fake = evaluate.feature_set(net, source, batch, "scoring", keep_features=False,
+                              keep_logits=args.inception_score, workers=os.cpu_count() or 1)
+  which = (("fid",) if args.fid_stats else ()) + (("is",) if args.inception_score else ())
+  result = dict(fid.scores(reference or None, fake, which), num_samples=fake.count,
+                fid_stats=args.fid_stats)
+  with open(os.path.join(run_dir, "metrics.json"), "w") as fh:
+    json.dump(result, fh, indent=2, sort_keys=True)
+  print(f"[sample] {json.dumps(result)}", flush=True)
 
 
 def main(argv=None) -> int:

@@ -187,3 +187,40 @@ def test_non_finite_loss_stops_with_a_message(image_folders, tmp_path):
                                                r".*the last checkpoint is step 1"):
     loop.train(config, wd, _NaNAt2(config, wd))
   assert os.listdir(os.path.join(wd, "checkpoints")) == ["1"]  # the bad state is not saved
+
+
+def test_rfid_in_validation_equals_inception_features_of_the_crops(image_folders, tmp_path,
+                                                                    inception_pth):
+  """With eval.inception, validation adds val/rfid: the FID between the reconstructions and
+  the validation crops as PNGs hold them. Checked against InceptionFeatures run on
+  to_uint8 of the crops and of the state's reconstructions (a second path), and again on a
+  second evaluation (the crops' statistics are then reused)."""
+  from vqgan_jax import fid
+  from vqgan_jax.data import pipeline
+  from vqgan_jax.images import to_uint8
+  from vqgan_jax.training import sharding
+  c = tiny_config(image_folders, batch_size=2)  # Inception is slow on CPU: 3 images
+  c.data.val_images = write_images(tmp_path / "val3", 3, 1)
+  c.eval.inception = inception_pth
+  task = vqgan_trainer.VQGANTask(c, str(tmp_path))
+  state = task.init_state(jax.random.PRNGKey(0))
+  first = task.evaluate(state)  # batches of 2: the second one padded
+  batch = next(pipeline.create_eval_iterator(c.data, global_batch_size=3,
+                                             workdir=str(tmp_path)))
+  n = int(batch["mask"].sum())
+  assert n == 3 == first["val/num_images"]
+  x, rec = jax.device_get(task.steps.reconstruct(
+      state, sharding.global_batch({"image": batch["image"]}, task.mesh)["image"]))
+  net = fid.InceptionFeatures(fid._cached_variables(inception_pth))
+  real = fid.FeatureSet().update(net(to_uint8(x[:n]).astype(np.float32) / 255.0))
+  fake = fid.FeatureSet().update(net(to_uint8(rec[:n]).astype(np.float32) / 255.0))
+  want = fid.scores(real, fake)["fid"]
+  assert first["val/rfid"] == pytest.approx(want, rel=1e-4)
+  assert task.evaluate(state)["val/rfid"] == pytest.approx(first["val/rfid"], rel=1e-9)
+
+
+def test_missing_inception_file_is_a_config_error(image_folders, tmp_path):
+  c = tiny_config(image_folders)
+  c.eval.inception = str(tmp_path / "nope.pth")
+  errors = vqgan_config.validate_config(c)
+  assert len(errors) == 1 and "eval.inception" in errors[0] and "nope.pth" in errors[0]

@@ -249,11 +249,9 @@ def reconstruction_metrics(model: VQModel, variables, x, mask, n_codes: int,
     out["lpips"] = jnp.sum(lpips.apply(lpips_params, x, x_rec) * mask)
   if inception_variables is not None:
     from vqgan_jax import fid
-    net = FIDInception()
-    out["pool3_real"] = fid.inception_outputs(net, inception_variables,
-                                              fid.unit_levels(x))["pool3"]
-    out["pool3_fake"] = fid.inception_outputs(net, inception_variables,
-                                              fid.unit_levels(x_rec))["pool3"]
+    both = jnp.concatenate([fid.unit_levels(x), fid.unit_levels(x_rec)])  # one network
+    pool3 = fid.inception_outputs(FIDInception(), inception_variables, both)["pool3"]
+    out["pool3_real"], out["pool3_fake"] = jnp.split(pool3, 2)
     out["mask"] = mask
   return out
 
