@@ -94,3 +94,91 @@ def test_gumbel_training_soft_and_hard_paths():
   np.testing.assert_allclose(z_hard, rows, atol=1e-6)
   with pytest.raises(Exception):  # training draws noise: an rng is required
     q_hard.apply(v, h, train=True)
+
+
+# ---- codebook_dim / l2_normalize (not in taming): lookups against numpy ------------------
+
+def _np_normalize(x):
+  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _np_lookup(params, h, codebook, codebook_dim, l2):
+  """numpy: (indices, lookup vectors u, chosen codes e, decoder input z_q)."""
+  u = h.astype(np.float64)
+  if codebook_dim:
+    u = u @ params["proj_in"]["kernel"] + params["proj_in"]["bias"]
+  e_all = codebook.astype(np.float64)
+  if l2:
+    u, e_all = _np_normalize(u), _np_normalize(e_all)
+  flat = u.reshape(-1, u.shape[-1])
+  d = ((flat[:, None, :] - e_all[None]) ** 2).sum(-1)
+  idx = d.argmin(1)
+  e = e_all[idx].reshape(u.shape)
+  z_q = e @ params["proj_out"]["kernel"] + params["proj_out"]["bias"] if codebook_dim else e
+  return idx.reshape(h.shape[:-1]), u, e, z_q
+
+
+@pytest.mark.parametrize("codebook_dim, l2, legacy", [(4, False, True), (0, True, False),
+                                                      (3, True, True)])
+def test_vector_quantizer_lookup_space_equals_numpy(codebook_dim, l2, legacy):
+  q = quantizers.VectorQuantizer(n_embed=16, embed_dim=6, beta=0.25, legacy=legacy,
+                                 codebook_dim=codebook_dim, l2_normalize=l2)
+  h = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 5, 6))
+  variables = q.init(jax.random.PRNGKey(0), h)
+  params = jax.tree_util.tree_map(np.asarray, variables["params"])
+  assert params["embedding"]["embedding"].shape == (16, codebook_dim or 6)
+  assert ("proj_in" in params) == bool(codebook_dim)
+  if l2:  # LlamaGen's init: unit rows
+    np.testing.assert_allclose(np.linalg.norm(params["embedding"]["embedding"], axis=1), 1,
+                               rtol=1e-6)
+  z_q, loss, info = q.apply(variables, h)
+  idx, u, e, want_zq = _np_lookup(params, np.asarray(h), params["embedding"]["embedding"],
+                                  codebook_dim, l2)
+  np.testing.assert_array_equal(np.asarray(info["indices"]), idx)
+  np.testing.assert_allclose(np.asarray(z_q), want_zq, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(info["lookup"]), u, atol=1e-5)
+  mse = np.mean((e - u) ** 2)
+  assert float(loss) == pytest.approx(1.25 * mse, rel=1e-5)  # either placement, forward
+  decoded = q.apply(variables, jnp.asarray(idx), method=q.embed_indices)
+  np.testing.assert_allclose(np.asarray(decoded), want_zq, atol=1e-5)
+
+
+def test_gradients_reach_the_projections_and_the_latent():
+  q = quantizers.VectorQuantizer(n_embed=16, embed_dim=6, codebook_dim=3, l2_normalize=True)
+  h = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 4, 6))
+  variables = q.init(jax.random.PRNGKey(0), h)
+
+  def f(params, h):
+    z_q, loss, _ = q.apply({"params": params}, h)
+    return jnp.sum(z_q ** 2) + loss
+  g_params, g_h = jax.grad(f, argnums=(0, 1))(variables["params"], h)
+  for name in ("proj_in", "proj_out", "embedding"):
+    for leaf in jax.tree_util.tree_leaves(g_params[name]):
+      assert float(jnp.abs(leaf).max()) > 0, name
+  assert float(jnp.abs(g_h).max()) > 0
+
+
+def test_ema_quantizer_averages_in_the_lookup_space():
+  q = quantizers.EMAVectorQuantizer(n_embed=8, embed_dim=5, decay=0.9, codebook_dim=3,
+                                    l2_normalize=True)
+  h = jax.random.normal(jax.random.PRNGKey(2), (1, 4, 4, 5))
+  variables = q.init(jax.random.PRNGKey(0), h)
+  params = jax.tree_util.tree_map(np.asarray, variables["params"])
+  ema = jax.tree_util.tree_map(np.asarray, variables["ema_codebook"])
+  (z_q, _, info), new = q.apply(variables, h, train=True, mutable=["ema_codebook"])
+  idx, u, _, want_zq = _np_lookup(params, np.asarray(h), ema["embedding"], 3, True)
+  np.testing.assert_array_equal(np.asarray(info["indices"]), idx)
+  np.testing.assert_allclose(np.asarray(z_q), want_zq, atol=1e-5)
+  onehot = np.eye(8)[idx.ravel()]
+  cluster = 0.9 * ema["cluster_size"] + 0.1 * onehot.sum(0)
+  avg = 0.9 * ema["embed_avg"] + 0.1 * onehot.T @ u.reshape(-1, 3)
+  total = cluster.sum()
+  smoothed = (cluster + 1e-5) / (total + 8 * 1e-5) * total
+  np.testing.assert_allclose(np.asarray(new["ema_codebook"]["embedding"]), avg / smoothed[:, None],
+                             rtol=1e-4, atol=1e-6)
+
+
+def test_defaults_keep_taming_s_variables():
+  q = quantizers.VectorQuantizer(n_embed=16, embed_dim=6)
+  variables = q.init(jax.random.PRNGKey(0), jnp.zeros((1, 2, 2, 6)))
+  assert list(variables["params"]) == ["embedding"]

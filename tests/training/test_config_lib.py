@@ -9,7 +9,7 @@ from vqgan_jax.training import config_lib, vqgan_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RECIPES = ("vqgan_imagenet_f16_1024", "vqgan_imagenet_f16_16384", "vqgan_faceshq",
-           "vqgan_gumbel_f8", "vqgan_custom")
+           "vqgan_gumbel_f8", "vqgan_custom", "vqgan_modern")
 
 
 def _recipe(name):
@@ -40,6 +40,15 @@ def test_small_recipe_trains_the_whole_objective():
   assert 0 < c.loss.disc_start <= c.total_steps // 2
   assert c.loss.adaptive_weight and c.loss.disc_factor > 0 and c.loss.perceptual_weight > 0
   assert c.eval_every <= c.loss.disc_start  # a validation just before the GAN phase
+
+
+def test_modern_recipe_keeps_its_codebook_choices_in_both_variants():
+  for arg in (None, "small"):
+    m = vqgan_config.model_config(_recipe("vqgan_modern").get_config(arg))
+    assert (m.codebook_dim, m.l2_normalize_codes, m.legacy, m.beta) == (8, True, False, 0.25)
+  full = _recipe("vqgan_modern").get_config(None)
+  assert full.model.n_embed == 16384 and not full.loss.adaptive_weight
+  assert vqgan_config.learning_rate(full) == 1e-4  # absolute, not scaled by the batch
 
 
 def test_generic_fields_are_checked_by_name():

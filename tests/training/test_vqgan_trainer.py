@@ -199,16 +199,16 @@ def test_rfid_in_validation_equals_inception_features_of_the_crops(image_folders
   from vqgan_jax.data import pipeline
   from vqgan_jax.images import to_uint8
   from vqgan_jax.training import sharding
-  c = tiny_config(image_folders, batch_size=2)  # Inception is slow on CPU: 3 images
-  c.data.val_images = write_images(tmp_path / "val3", 3, 1)
+  c = tiny_config(image_folders, batch_size=2)  # Inception is slow on CPU: 2 images
+  c.data.val_images = write_images(tmp_path / "val2", 2, 1)
   c.eval.inception = inception_pth
   task = vqgan_trainer.VQGANTask(c, str(tmp_path))
   state = task.init_state(jax.random.PRNGKey(0))
-  first = task.evaluate(state)  # batches of 2: the second one padded
-  batch = next(pipeline.create_eval_iterator(c.data, global_batch_size=3,
+  first = task.evaluate(state)
+  batch = next(pipeline.create_eval_iterator(c.data, global_batch_size=2,
                                              workdir=str(tmp_path)))
   n = int(batch["mask"].sum())
-  assert n == 3 == first["val/num_images"]
+  assert n == 2 == first["val/num_images"]
   x, rec = jax.device_get(task.steps.reconstruct(
       state, sharding.global_batch({"image": batch["image"]}, task.mesh)["image"]))
   net = fid.InceptionFeatures(fid._cached_variables(inception_pth))
@@ -224,3 +224,28 @@ def test_missing_inception_file_is_a_config_error(image_folders, tmp_path):
   c.eval.inception = str(tmp_path / "nope.pth")
   errors = vqgan_config.validate_config(c)
   assert len(errors) == 1 and "eval.inception" in errors[0] and "nope.pth" in errors[0]
+
+
+def test_factorized_l2_codes_train_export_and_load(image_folders, tmp_path):
+  """codebook_dim + l2_normalize_codes (+ the dead-code restart of tiny_config): trains,
+  exports a model directory that load_vqgan reads, whose indices are the nearest
+  normalised codes of the projected latents (numpy) and whose decode_indices equals
+  decoding the quantized latents; the code vocabulary stays n_embed."""
+  from vqgan_jax.api import load_vqgan
+  c = tiny_config(image_folders, total_steps=4, eval_every=4, image_every=4, ckpt_every=4)
+  c.model.update(dict(codebook_dim=4, l2_normalize_codes=True, legacy=False))
+  summary = vqgan_trainer.train_and_evaluate(c, str(tmp_path))
+  assert summary["end_step"] == 4 and "val/code_usage" in summary["val_after"]
+  vq = load_vqgan(os.path.join(str(tmp_path), "model"))
+  assert (vq.config.codebook_dim, vq.config.l2_normalize_codes, vq.config.num_codes) == (4, True, 32)
+  x = np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+  z_q, idx = vq.encode(x)
+  q = jax.tree_util.tree_map(np.asarray, vq.variables["params"]["quantize"])
+  u = np.asarray(vq.encode_to_prequant(x), np.float64) @ q["proj_in"]["kernel"] + q["proj_in"]["bias"]
+  u /= np.linalg.norm(u, axis=-1, keepdims=True)
+  e = q["embedding"]["embedding"] / np.linalg.norm(q["embedding"]["embedding"], axis=-1,
+                                                   keepdims=True)
+  want = np.argmax(u @ e.T, axis=-1)  # nearest unit vector = largest cosine
+  np.testing.assert_array_equal(np.asarray(idx), want)
+  np.testing.assert_allclose(np.asarray(vq.decode_indices(idx)), np.asarray(vq.decode(z_q)),
+                             atol=1e-5)

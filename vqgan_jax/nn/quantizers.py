@@ -34,6 +34,11 @@ def squared_distances(flat, codebook):
           - 2.0 * jnp.matmul(flat, codebook.T, precision=jax.lax.Precision.HIGHEST))
 
 
+def l2_normalize(x, eps: float = 1e-12):
+  """x / max(|x|, eps) along the last axis (torch's F.normalize)."""
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
 class _Remap(nn.Module):
   """Shared remapping logic; `used` is an int32 list of the codes the model knows."""
   n_embed: int
@@ -90,49 +95,97 @@ class _Remap(nn.Module):
     return used[indices]
 
 
-class VectorQuantizer(_Remap):
+class _LookupSpace(_Remap):
+  """Where nearest codes are searched (not in taming; both off by default):
+  `codebook_dim` > 0 looks codes up in a codebook_dim space reached by a learned linear
+  map `proj_in` from the latent (and `proj_out` back), as ViT-VQGAN's factorized codes;
+  `l2_normalize` compares unit vectors (the latent and every code l2-normalised first:
+  cosine similarity), as ViT-VQGAN and LlamaGen. Losses and straight-through gradients
+  live in that space; indices and the decoder's input do not change meaning.
+  """
+  embed_dim: int = 256
+  codebook_dim: int = 0
+  l2_normalize: bool = False
+
+  @property
+  def lookup_dim(self) -> int:
+    return self.codebook_dim or self.embed_dim
+
+  def setup_lookup(self):
+    if self.codebook_dim:
+      hp = jax.lax.Precision.HIGHEST
+      self.proj_in = nn.Dense(self.codebook_dim, param_dtype=jnp.float32, precision=hp)
+      self.proj_out = nn.Dense(self.embed_dim, param_dtype=jnp.float32, precision=hp)
+
+  def raw_codebook(self):
+    raise NotImplementedError
+
+  def codebook(self):
+    """The codes as compared and looked up: float32[n_embed, lookup_dim]."""
+    e = self.raw_codebook()
+    return l2_normalize(e) if self.l2_normalize else e
+
+  def to_lookup(self, h):
+    """Latent float32[..., embed_dim] -> the lookup space [..., lookup_dim]."""
+    u = self.proj_in(h) if self.codebook_dim else h
+    return l2_normalize(u) if self.l2_normalize else u
+
+  def from_lookup(self, u):
+    return self.proj_out(u) if self.codebook_dim else u
+
+  def embed_indices(self, indices):
+    """int[B, h, w] -> the decoder's input float32[B, h, w, embed_dim]."""
+    return self.from_lookup(jnp.take(self.codebook(), self.to_all(indices), axis=0))
+
+
+class VectorQuantizer(_LookupSpace):
   """taming's VectorQuantizer2: argmin over the codebook, straight-through gradients.
 
   legacy=True:  loss = mean((sg[z_q] - h)^2) + beta * mean((z_q - sg[h])^2)   (taming)
   legacy=False: loss = beta * mean((sg[z_q] - h)^2) + mean((z_q - sg[h])^2)   (VQ-VAE)
+  (h and z_q in the lookup space: see `_LookupSpace`; with its defaults, taming's.)
   """
-  embed_dim: int = 256
   beta: float = 0.25
   legacy: bool = True
 
   def setup(self):
     self.setup_remap()
+    self.setup_lookup()
     self.embedding = nn.Embed(
-        self.n_embed, self.embed_dim, param_dtype=jnp.float32,
-        embedding_init=_uniform_pm(1.0 / self.n_embed))
+        self.n_embed, self.lookup_dim, param_dtype=jnp.float32,
+        embedding_init=_uniform_pm(1.0 / self.n_embed, unit=self.l2_normalize))
 
-  def codebook(self):
+  def raw_codebook(self):
     return self.embedding.embedding
 
-  def nearest(self, h):
-    """Indices into the full codebook, int32[B, h, w]."""
-    d = squared_distances(h.reshape(-1, h.shape[-1]), self.codebook())
-    return jnp.argmin(d, axis=1).astype(jnp.int32).reshape(h.shape[:-1])
+  def nearest(self, u):
+    """Indices into the full codebook, int32[B, h, w], of lookup-space vectors u."""
+    d = squared_distances(u.reshape(-1, u.shape[-1]), self.codebook())
+    return jnp.argmin(d, axis=1).astype(jnp.int32).reshape(u.shape[:-1])
 
   def __call__(self, h, train: bool = False):
-    h = h.astype(jnp.float32)
-    full = self.nearest(h)
-    z_q = jnp.take(self.codebook(), full, axis=0)
-    commit = jnp.mean((jax.lax.stop_gradient(z_q) - h) ** 2)
-    dictionary = jnp.mean((z_q - jax.lax.stop_gradient(h)) ** 2)
+    u = self.to_lookup(h.astype(jnp.float32))
+    full = self.nearest(u)
+    e = jnp.take(self.codebook(), full, axis=0)
+    commit = jnp.mean((jax.lax.stop_gradient(e) - u) ** 2)
+    dictionary = jnp.mean((e - jax.lax.stop_gradient(u)) ** 2)
     if self.legacy:
       loss = commit + self.beta * dictionary
     else:
       loss = self.beta * commit + dictionary
-    z_q = h + jax.lax.stop_gradient(z_q - h)
+    z_q = self.from_lookup(u + jax.lax.stop_gradient(e - u))
     indices = self.to_used(full)
     counts, perplexity = code_statistics(indices, self.n_indices)
-    return z_q, loss, {"indices": indices, "code_counts": counts, "perplexity": perplexity}
+    return z_q, loss, {"indices": indices, "code_counts": counts, "perplexity": perplexity,
+                       "lookup": u}
 
 
-def _uniform_pm(scale):
+def _uniform_pm(scale, unit: bool = False):
+  """U(-scale, scale) (taming's codebook init); `unit`: then each row l2-normalised
+  (LlamaGen's init for normalised codes)."""
   def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -scale, scale)
+    e = jax.random.uniform(key, shape, dtype, -scale, scale)
+    return l2_normalize(e) if unit else e
   return init
 
 
@@ -197,40 +250,42 @@ class GumbelQuantizer(_Remap):
                      "logits": logits}
 
 
-class EMAVectorQuantizer(_Remap):
+class EMAVectorQuantizer(_LookupSpace):
   """Nearest-neighbour VQ whose codebook follows an exponential moving average.
 
   The codebook is not a parameter: it lives in the `ema_codebook` collection
   (`embedding`, `cluster_size`, `embed_avg`), which `__call__(train=True)` updates when
   that collection is mutable. The loss is the commitment term beta * mean((sg[z_q]-h)^2).
-  cluster sizes are Laplace-smoothed as in taming's EmbeddingEMA.
+  cluster sizes are Laplace-smoothed as in taming's EmbeddingEMA. With `codebook_dim` /
+  `l2_normalize` (see `_LookupSpace`) the averages are taken in the lookup space.
   """
-  embed_dim: int = 256
   beta: float = 0.25
   decay: float = 0.99
   eps: float = 1e-5
 
   def setup(self):
     self.setup_remap()
+    self.setup_lookup()
     def init_weight():
-      return jax.random.normal(self.make_rng("params"), (self.n_embed, self.embed_dim))
+      return jax.random.normal(self.make_rng("params"), (self.n_embed, self.lookup_dim))
     self.weight = self.variable("ema_codebook", "embedding", init_weight)
     self.cluster_size = self.variable("ema_codebook", "cluster_size",
                                       lambda: jnp.zeros((self.n_embed,), jnp.float32))
     self.embed_avg = self.variable("ema_codebook", "embed_avg", lambda: self.weight.value)
 
-  def codebook(self):
+  def raw_codebook(self):
     return self.weight.value
 
   def __call__(self, h, train: bool = False):
-    h = h.astype(jnp.float32)
-    flat = h.reshape(-1, h.shape[-1])
+    u = self.to_lookup(h.astype(jnp.float32))
+    flat = u.reshape(-1, u.shape[-1])
     full = jnp.argmin(squared_distances(flat, self.codebook()), axis=1).astype(jnp.int32)
-    z_q = jnp.take(self.codebook(), full, axis=0).reshape(h.shape)
+    e = jnp.take(self.codebook(), full, axis=0).reshape(u.shape)
     if train and self.is_mutable_collection("ema_codebook") and not self.is_initializing():
       one_hot = jax.nn.one_hot(full, self.n_embed, dtype=jnp.float32)
       counts = one_hot.sum(0)
-      sums = jnp.matmul(one_hot.T, flat, precision=jax.lax.Precision.HIGHEST)
+      sums = jnp.matmul(one_hot.T, jax.lax.stop_gradient(flat),
+                        precision=jax.lax.Precision.HIGHEST)
       d = self.decay
       cluster_size = d * self.cluster_size.value + (1 - d) * counts
       embed_avg = d * self.embed_avg.value + (1 - d) * sums
@@ -239,9 +294,10 @@ class EMAVectorQuantizer(_Remap):
       self.cluster_size.value = cluster_size
       self.embed_avg.value = embed_avg
       self.weight.value = embed_avg / smoothed[:, None]
-    loss = self.beta * jnp.mean((jax.lax.stop_gradient(z_q) - h) ** 2)
-    z_q = h + jax.lax.stop_gradient(z_q - h)
-    full = full.reshape(h.shape[:-1])
+    loss = self.beta * jnp.mean((jax.lax.stop_gradient(e) - u) ** 2)
+    z_q = self.from_lookup(u + jax.lax.stop_gradient(e - u))
+    full = full.reshape(u.shape[:-1])
     indices = self.to_used(full)
     counts, perplexity = code_statistics(indices, self.n_indices)
-    return z_q, loss, {"indices": indices, "code_counts": counts, "perplexity": perplexity}
+    return z_q, loss, {"indices": indices, "code_counts": counts, "perplexity": perplexity,
+                       "lookup": u}

@@ -260,6 +260,10 @@ class VQGANConfig:
   straight_through: bool = True
   ema_decay: float = 0.99
   ema_eps: float = 1e-5
+  # Beyond taming (vq and ema quantizers; off = taming): codes looked up in a
+  # codebook_dim space through learned projections, and/or compared as unit vectors.
+  codebook_dim: int = 0
+  l2_normalize_codes: bool = False
 
   @property
   def downsample_factor(self) -> int:
@@ -286,6 +290,12 @@ class VQGANConfig:
     errors = []
     if self.quantizer not in ("vq", "gumbel", "ema"):
       errors.append(f"quantizer: expected 'vq', 'gumbel' or 'ema', got {self.quantizer!r}")
+    if not isinstance(self.codebook_dim, int) or self.codebook_dim < 0:
+      errors.append(f"codebook_dim: expected an int >= 0 (0: look codes up in embed_dim), "
+                    f"got {self.codebook_dim!r}")
+    if self.quantizer == "gumbel" and (self.codebook_dim or self.l2_normalize_codes):
+      errors.append("codebook_dim / l2_normalize_codes: only for the 'vq' and 'ema' "
+                    "quantizers, not 'gumbel'")
     for name in ("ch", "num_res_blocks", "z_channels", "n_embed", "embed_dim", "in_channels",
                  "out_ch", "resolution"):
       if int(getattr(self, name)) <= 0:
@@ -320,11 +330,13 @@ class VQModel(nn.Module):
     elif c.quantizer == "ema":
       self.quantize = quantizers.EMAVectorQuantizer(
           n_embed=c.n_embed, embed_dim=c.embed_dim, beta=c.beta, decay=c.ema_decay,
-          eps=c.ema_eps, remap_size=c.remap_size, unknown_index=c.unknown_index)
+          eps=c.ema_eps, remap_size=c.remap_size, unknown_index=c.unknown_index,
+          codebook_dim=c.codebook_dim, l2_normalize=c.l2_normalize_codes)
     else:
       self.quantize = quantizers.VectorQuantizer(
           n_embed=c.n_embed, embed_dim=c.embed_dim, beta=c.beta, legacy=c.legacy,
-          remap_size=c.remap_size, unknown_index=c.unknown_index)
+          remap_size=c.remap_size, unknown_index=c.unknown_index,
+          codebook_dim=c.codebook_dim, l2_normalize=c.l2_normalize_codes)
 
   def encode_to_prequant(self, x, train: bool = False):
     """x: float[B, H, W, in_channels] in [-1, 1] -> h: float32[B, H/f, W/f, embed_dim]."""

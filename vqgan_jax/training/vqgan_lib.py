@@ -117,7 +117,8 @@ def init_state(setup: VQGANTrainSetup, rng, init_variables: Optional[Dict] = Non
 
 
 def _dead_code_restart(setup, code_usage, ae_params, model_state, latents, rng):
-  """Re-draws codes unused since the last restart (code_usage == 0) from the batch's latents."""
+  """Re-draws codes unused since the last restart (code_usage == 0) from the batch's latents
+  (in the quantizer's lookup space: projected / normalised with those options)."""
   unused = code_usage == 0
   flat = latents.reshape(-1, latents.shape[-1])
   pick = flat[jax.random.randint(rng, (setup.n_codes,), 0, flat.shape[0])]
@@ -175,7 +176,7 @@ def train_step(setup: VQGANTrainSetup, state: VQGANTrainState, lpips_params, bat
         params, model_state, d_state, x, r)
     d_state = dict(d_state, **logs["disc_aux"])
     out = (logs["scalars"], jax.lax.stop_gradient(logs["x_rec"]), info["code_counts"],
-           info["perplexity"], info["prequant"])
+           info["perplexity"], info.get("lookup", info["prequant"]))
     return g, (model_state, d_state), out
 
   unroll = setup.accum_unroll
