@@ -285,6 +285,24 @@ def feature_set(net, source: ImageSource, global_batch: int, label: str, keep_fe
   return out
 
 
+def _scored_set(net, source, label: str, text: str, global_batch: int, keep_features: bool,
+                keep_logits: bool, args, save_to: Optional[str], result: dict):
+  """`feature_set` of one --real / --fake source, its count (and saved statistics) noted
+  in `result`."""
+  import jax
+  from vqgan_jax import metrics
+  out = feature_set(net, source, global_batch, label, keep_features, keep_logits,
+                    args.workers, args.quiet)
+  result.update({f"num_{label}": out.count, label: source.description})
+  if out.count < 2:
+    raise EvaluationError(f"--{label} {text}: {out.count} readable image(s); the statistics "
+                          "need at least 2")
+  if save_to and jax.process_index() == 0:
+    metrics.save_stats(save_to, *out.mu_sigma())
+    result["saved_stats" if label == "real" else "saved_fake_stats"] = save_to
+  return out
+
+
 def run_fid(args) -> dict:
   import jax
   from vqgan_jax import fid, metrics
@@ -336,25 +354,11 @@ def run_fid(args) -> dict:
       raise EvaluationError(f"--real {args.real}: mu has shape {real[0].shape}; expected "
                             "pool3 statistics of 2048 features (pytorch-fid --dims 2048)")
   elif real_src is not None:
-    real = feature_set(net, real_src, global_batch, "real", "kid" in which, False, args.workers,
-                       args.quiet)
-    result.update(num_real=real.count, real=real_src.description)
-    if real.count < 2:
-      raise EvaluationError(f"--real {args.real}: {real.count} readable image(s); the "
-                            "statistics need at least 2")
-    if args.save_stats and pi == 0:
-      metrics.save_stats(args.save_stats, *real.mu_sigma())
-      result["saved_stats"] = args.save_stats
+    real = _scored_set(net, real_src, "real", args.real, global_batch, "kid" in which, False,
+                       args, args.save_stats, result)
   if fake_src is not None:
-    fake = feature_set(net, fake_src, global_batch, "fake", "kid" in which, "is" in which,
-                       args.workers, args.quiet)
-    result.update(num_fake=fake.count, fake=fake_src.description)
-    if fake.count < 2:
-      raise EvaluationError(f"--fake {args.fake}: {fake.count} readable image(s); the "
-                            "statistics need at least 2")
-    if args.save_fake_stats and pi == 0:
-      metrics.save_stats(args.save_fake_stats, *fake.mu_sigma())
-      result["saved_fake_stats"] = args.save_fake_stats
+    fake = _scored_set(net, fake_src, "fake", args.fake, global_batch, "kid" in which,
+                       "is" in which, args, args.save_fake_stats, result)
     try:
       result.update(fid.scores(real, fake, which, kid_subsets=args.kid_subsets,
                                kid_subset_size=args.kid_subset_size,
