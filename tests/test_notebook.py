@@ -16,7 +16,6 @@ import sys
 import types
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from vqgan_test_utils import tiny

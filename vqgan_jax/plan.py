@@ -166,6 +166,18 @@ def _compile(config, mesh, batch: int):
       peak_bytes=int(peak), flops_per_device=float(cost.get("flops", 0.0)))
 
 
+def _scanned_flops(config, mesh, batch: int) -> float:
+  """Per-device FLOPs of a scanned transformer's step: f(1) + (L - 1) (f(2) - f(1)) from
+  the same step with 1 and 2 unscanned layers (same remat policy, batch and mesh)."""
+  import copy
+  flops = []
+  for layers in (1, 2):
+    c = copy.deepcopy(config)
+    c.transformer.n_layer, c.transformer.scan_layers = layers, False
+    flops.append(_compile(c, mesh, batch)[1]["flops_per_device"])
+  return flops[0] + (int(config.transformer.n_layer) - 1) * (flops[1] - flops[0])
+
+
 def plan(config, data: int, fsdp: int, batch: int = 0, dtype: Optional[str] = None,
          fit: bool = True, peak_tflops: float = 0.0, mfu: float = 0.4) -> Dict:
   """The plan of `config`'s train step on a data x fsdp mesh (see the module doc)."""
@@ -188,9 +200,14 @@ def plan(config, data: int, fsdp: int, batch: int = 0, dtype: Optional[str] = No
   config.optim.accum_steps = 1
   mesh = sharding.make_mesh(data, fsdp, devices[:n])
   kind, first = _compile(config, mesh, batch)
+  flops_method = "xla cost analysis"
+  if kind == "transformer" and config.transformer.scan_layers and config.transformer.n_layer > 2:
+    first["flops_per_device"] = _scanned_flops(config, mesh, batch)
+    flops_method = ("xla cost analysis of unscanned 1- and 2-layer steps, extrapolated per "
+                    "layer (XLA counts a scanned loop's body once)")
   out = {"plan": kind, "mesh": {"data": data, "fsdp": fsdp}, "devices": n,
          "global_batch": batch, "dtype": config.dtype, **first,
-         "flops_per_step": first["flops_per_device"] * n}
+         "flops_per_step": first["flops_per_device"] * n, "flops_method": flops_method}
   slope = None
   if fit:
     _, second = _compile(config, mesh, 2 * batch)
