@@ -10,6 +10,7 @@ those features (see the fixture's README).
 import contextlib
 import io
 import json
+import os
 import shutil
 
 import numpy as np
@@ -222,3 +223,38 @@ def test_cli_subprocess_smoke(inception_pth, tmp_path):
 
 def _pool3_a():
   return np.load(FOLDERS / "reference.npz")["pool3_a"]
+
+
+def test_two_processes_give_the_statistics_of_one(first_run, inception_pth, tmp_path):
+  """`fid --real a/ --save_stats` in two local processes (jax.distributed on 127.0.0.1,
+  one CPU device each, batches of 4 per process: the 12 images in 2 global batches, the
+  second padded) writes the statistics one process computed."""
+  import socket
+  import subprocess
+  import sys
+  from vqgan_test_utils import xla_flags
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  out = tmp_path / "two.npz"
+  env = dict(os.environ, XLA_FLAGS=xla_flags(1))
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "vqgan_jax.evaluate", "fid", "--inception", inception_pth,
+       "--real", str(FOLDERS / "a"), "--save_stats", str(out), "--batch_size", "4",
+       "--quiet", "--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2",
+       "--process_id", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      env=env) for i in range(2)]
+  try:
+    results = [p.communicate(timeout=600) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  for p, (_, err) in zip(procs, results):
+    assert p.returncode == 0, err[-3000:]
+  result = json.loads(results[0][0].strip().splitlines()[-1])
+  assert result["num_real"] == 12
+  assert not [line for line in results[1][0].splitlines() if line.startswith("{")]  # only 0
+  mu, sigma = metrics.load_stats(str(out))
+  mu1, sigma1 = metrics.load_stats(str(first_run[1]))
+  np.testing.assert_allclose(mu, mu1, atol=1e-6)
+  np.testing.assert_allclose(sigma, sigma1, atol=1e-6)

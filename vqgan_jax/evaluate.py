@@ -478,7 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--image_key", default="image", help="image feature of tfds: sources")
     q.add_argument("--quiet", action="store_true", help="no progress line")
     q.add_argument("--distributed", action="store_true",
-                   help="call jax.distributed.initialize() first (multi-host)")
+                   help="call jax.distributed.initialize() first (multi-host; TPU pods and "
+                        "SLURM find their peers)")
+    q.add_argument("--coordinator_address", default=None,
+                   help="host:port of process 0 (multi-process without auto-detection)")
+    q.add_argument("--num_processes", type=int, default=None)
+    q.add_argument("--process_id", type=int, default=None)
 
   f = sub.add_parser("fid", help="FID / KID / IS of --fake against --real")
   f.add_argument("--inception", required=True,
@@ -520,8 +525,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("error: --batch_size must be >= 1", file=sys.stderr)
     return 2
   import jax
-  if args.distributed:
-    jax.distributed.initialize()
+  if args.distributed or args.coordinator_address:
+    jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                               num_processes=args.num_processes, process_id=args.process_id)
   from vqgan_jax.convert.taming import ConversionError
   from vqgan_jax.convert.torch_reader import CheckpointFormatError
   try:
