@@ -182,3 +182,21 @@ def test_defaults_keep_taming_s_variables():
   q = quantizers.VectorQuantizer(n_embed=16, embed_dim=6)
   variables = q.init(jax.random.PRNGKey(0), jnp.zeros((1, 2, 2, 6)))
   assert list(variables["params"]) == ["embedding"]
+
+
+def test_remap_with_normalised_codes():
+  """Remapping works on the lookup space's indices: codes in 2-d pointing along angles
+  5, 2 and 7 (of 8) are the used ones; a latent at angle 0 is unknown ("extra")."""
+  angles = np.arange(8) * (2 * np.pi / 8)
+  codebook = (np.stack([np.cos(angles), np.sin(angles)], 1) * 3.0).astype(np.float32)
+  q = quantizers.VectorQuantizer(n_embed=8, embed_dim=2, remap_size=3, unknown_index="extra",
+                                 l2_normalize=True)
+  v = {"params": {"embedding": {"embedding": codebook}},
+       "remap": {"used": np.array([5, 2, 7], np.int32)}}
+  h = np.stack([np.cos(angles[[5, 2, 7, 0]]), np.sin(angles[[5, 2, 7, 0]])], 1)
+  h = (h * np.array([[0.5], [2.0], [7.0], [1.0]]))[None, None].astype(np.float32)  # any length
+  z_q, _, info = q.apply(v, h)
+  np.testing.assert_array_equal(info["indices"], [[[0, 1, 2, 3]]])
+  rows = q.apply(v, np.array([[0, 1, 2]]), method=lambda m, i: m.embed_indices(i))
+  np.testing.assert_allclose(np.asarray(rows)[0], codebook[[5, 2, 7]] / 3.0, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(z_q)[0, 0, :3], codebook[[5, 2, 7]] / 3.0, atol=1e-6)
