@@ -39,7 +39,7 @@ import queue
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -83,12 +83,14 @@ class Progress:
 
 # ---- image sources ---------------------------------------------------------------------
 
-def _decode(data: bytes) -> np.ndarray:
-  from PIL import Image
-  from vqgan_jax.images import to_rgb_uint8
-  with Image.open(io.BytesIO(data)) as img:
-    img.load()
-    return to_rgb_uint8(img)
+def _read_or_why(source, where: str):
+  """`images.read_image(source)` (a path or a binary file object), or a string naming
+  `where` and why it could not be read."""
+  from vqgan_jax.images import read_image
+  try:
+    return read_image(source)
+  except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three on bad files
+    return f"{where}: {type(e).__name__}: {e}"
 
 
 class ImageSource:
@@ -107,29 +109,20 @@ class ImageSource:
 class FolderSource(ImageSource):
   """Image files (a folder searched recursively, or a .txt list), read with PIL."""
 
-  def __init__(self, path: str):
-    from vqgan_jax.images import list_images
-    self.paths = list_images(path)
-    if not self.paths:
-      raise EvaluationError(f"{path}: no images found (looked recursively for image files)")
-    self.description = f"images in {path}"
-    self.num_examples = len(self.paths)
+  def __init__(self, paths: Sequence[str], description: str):
+    self.paths, self.description, self.num_examples = list(paths), description, len(paths)
 
   @classmethod
-  def from_paths(cls, paths: Sequence[str], description: str) -> "FolderSource":
-    out = cls.__new__(cls)
-    out.paths, out.description, out.num_examples = list(paths), description, len(paths)
-    return out
-
-  def _read(self, path: str):
-    from vqgan_jax.images import read_image
-    try:
-      return read_image(path)
-    except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three on bad files
-      return f"{path}: {type(e).__name__}: {e}"
+  def from_folder(cls, path: str) -> "FolderSource":
+    from vqgan_jax.images import list_images
+    paths = list_images(path)
+    if not paths:
+      raise EvaluationError(f"{path}: no images found (looked recursively for image files)")
+    return cls(paths, f"images in {path}")
 
   def fetch(self, positions, pool):
-    return list(pool.map(self._read, [self.paths[int(i)] for i in positions]))
+    paths = [self.paths[int(i)] for i in positions]
+    return list(pool.map(_read_or_why, paths, paths))
 
 
 class TFDSSource(ImageSource):
@@ -150,19 +143,13 @@ class TFDSSource(ImageSource):
       ds = self._source.eval_dataset(global_batch, local_batch, process_index)
       self._stream = iter(ds.as_numpy_iterator())
 
-  def _decode(self, position_and_bytes):
-    position, data = position_and_bytes
-    try:
-      return _decode(data)
-    except (OSError, ValueError, SyntaxError) as e:
-      return f"{self.description} example {position}: {type(e).__name__}: {e}"
-
   def fetch(self, positions, pool):
     if self._stream is None:
       data = self._source.read(positions)["image"]
     else:
       data = [next(self._stream)[1]["image"] for _ in positions]
-    return list(pool.map(self._decode, zip(positions.tolist(), data)))
+    return list(pool.map(_read_or_why, [io.BytesIO(d) for d in data],
+                         [f"{self.description} example {p}" for p in positions.tolist()]))
 
 
 def parse_source(text: str) -> Tuple[str, Any]:
@@ -217,17 +204,15 @@ def _prefetched(it: Iterator, depth: int = 2) -> Iterator:
 
 
 def inception_batches(source: ImageSource, global_batch: int, process_index: int = 0,
-                      process_count: int = 1, workers: int = 8,
-                      warn: Callable[[str], None] = None) -> Iterator[Tuple[np.ndarray,
-                                                                           np.ndarray, int]]:
-  """This process's (images float32[b, 299, 299, 3] in [0, 1], mask float32[b], n read)
-  for each global batch: decoded in `workers` threads and resized on the host as
+                      process_count: int = 1,
+                      workers: int = 8) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+  """This process's (images float32[b, 299, 299, 3] in [0, 1], mask float32[b]) for each
+  global batch: decoded in `workers` threads and resized on the host as
   pytorch-fid resizes (`nn.inception.resize_bilinear_numpy`); unreadable images and the
   last batch's padding are zeros with mask 0. Every process yields the same number of
   batches, ceil(N / global_batch)."""
   from vqgan_jax.data import sources
   from vqgan_jax.nn.inception import INPUT_SIZE, resize_bilinear_numpy
-  warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
   local = sources.local_batch_size(global_batch, process_index, process_count)
 
   def prepare(image):
@@ -242,16 +227,16 @@ def inception_batches(source: ImageSource, global_batch: int, process_index: int
         decoded = source.fetch(positions, pool) if positions.size else []
         for k, image in enumerate(pool.map(prepare, decoded)):
           if isinstance(image, str):
-            warn(f"skipping {image}")
+            print(f"warning: skipping {image}", file=sys.stderr)
             continue
           images[k], mask[k] = image, 1.0
-        yield images, mask, len(positions)
+        yield images, mask
   return _prefetched(gen())
 
 
 # ---- fid -------------------------------------------------------------------------------
 
-def _global_batch(batch_size: int, num_devices: int) -> int:
+def round_to_devices(batch_size: int, num_devices: int) -> int:
   """batch_size rounded up to a multiple of the device count."""
   return -(-max(int(batch_size), 1) // num_devices) * num_devices
 
@@ -259,7 +244,7 @@ def _global_batch(batch_size: int, num_devices: int) -> int:
 def open_image_source(text: str, args, global_batch: int, process_index: int) -> ImageSource:
   kind, value = parse_source(text)
   if kind == "folder":
-    return FolderSource(value)
+    return FolderSource.from_folder(value)
   if kind == "tfds":
     import jax
     local = global_batch // jax.process_count()
@@ -276,8 +261,8 @@ def feature_set(net, source: ImageSource, global_batch: int, label: str, keep_fe
   out = fid.FeatureSet(keep_features=keep_features, keep_logits=keep_logits)
   main = jax.process_index() == 0
   progress = Progress(label, source.num_examples, enabled=main and not quiet)
-  for images, mask, _ in inception_batches(source, global_batch, jax.process_index(),
-                                           jax.process_count(), workers):
+  for images, mask in inception_batches(source, global_batch, jax.process_index(),
+                                        jax.process_count(), workers):
     outputs = net(images, mask)
     out.update(outputs)
     progress.update(int(np.sum(outputs["mask"] > 0)))
@@ -307,9 +292,10 @@ def run_fid(args) -> dict:
   import jax
   from vqgan_jax import fid, metrics
   which = [m.strip() for m in args.metrics.split(",") if m.strip()]
-  unknown = sorted(set(which) - set(fid.METRICS))
-  if unknown:
-    raise EvaluationError(f"--metrics: unknown {unknown}; expected some of {list(fid.METRICS)}")
+  try:
+    fid.check_metrics(which)
+  except ValueError as e:
+    raise EvaluationError(f"--metrics: {e}") from None
   if not args.fake and not args.save_stats:
     raise EvaluationError("give --fake (the images to score), or --real with --save_stats "
                           "to only write the real images' statistics")
@@ -331,7 +317,7 @@ def run_fid(args) -> dict:
   except FileNotFoundError as e:
     raise EvaluationError(str(e)) from None
   net = fid.InceptionFeatures(variables)
-  global_batch = _global_batch(args.batch_size * jax.process_count(), net.mesh.devices.size)
+  global_batch = round_to_devices(args.batch_size * jax.process_count(), net.mesh.devices.size)
   pi = jax.process_index()
   fake_src = open_image_source(args.fake, args, global_batch, pi) if args.fake else None
   real_src = None
@@ -393,12 +379,12 @@ def run_reconstruction(args) -> dict:
   import tempfile
 
   import jax
-  from vqgan_jax import fid, metrics
+  from vqgan_jax import fid
   from vqgan_jax.api import read_model
   from vqgan_jax.data import pipeline
   from vqgan_jax.nn.vqgan import VQGANConfig, VQModel
   from vqgan_jax.training import sharding as sharding_lib
-  from vqgan_jax.training.vqgan_lib import reconstruction_metrics, split_features
+  from vqgan_jax.training.vqgan_lib import ReconstructionTotals, reconstruction_metrics
   try:
     cfg, variables = read_model(args.checkpoint, args.config)
   except (OSError, ValueError, KeyError) as e:
@@ -430,7 +416,7 @@ def run_reconstruction(args) -> dict:
   v = jax.device_put(variables["vqgan"], repl)
   lp = jax.device_put(lpips_params, repl) if lpips_params is not None else None
   inc = jax.device_put(inception, repl) if inception is not None else None
-  global_batch = _global_batch(args.batch_size * jax.process_count(), mesh.devices.size)
+  global_batch = round_to_devices(args.batch_size * jax.process_count(), mesh.devices.size)
   with tempfile.TemporaryDirectory(prefix="vqgan_jax_eval_") as tmp:
     data_cfg = _data_config(args.data, args, args.prepared_dir or tmp)
     try:
@@ -439,28 +425,23 @@ def run_reconstruction(args) -> dict:
       raise EvaluationError(f"--data {args.data}: {e}") from None
     if not n:
       raise EvaluationError(f"--data {args.data}: no readable images")
-    real, fake = (fid.FeatureSet(), fid.FeatureSet()) if inc is not None else (None, None)
-    totals = None
+    totals = ReconstructionTotals(*((fid.FeatureSet(), fid.FeatureSet()) if inc is not None
+                                    else (None, None)))
     progress = Progress("reconstruction", n, enabled=jax.process_index() == 0 and not args.quiet)
     for batch in pipeline.create_eval_iterator(
         data_cfg, global_batch_size=global_batch, process_index=jax.process_index(),
         process_count=jax.process_count()):
       g = sharding_lib.global_batch(batch, mesh)
-      out, rows = split_features(jax.device_get(step(v, g["image"], g["mask"], lp, inc)))
-      if rows:
-        real.update({"pool3": rows["pool3_real"]}, rows["mask"])
-        fake.update({"pool3": rows["pool3_fake"]}, rows["mask"])
-      totals = out if totals is None else jax.tree_util.tree_map(np.add, totals, out)
+      out = jax.device_get(step(v, g["image"], g["mask"], lp, inc))
+      totals.add(out)
       progress.update(int(out["count"]))
     progress.close()
-  count = float(totals.pop("count"))
-  counts = totals.pop("code_counts")
-  result = {k: float(val) / count for k, val in totals.items()}
-  result.update(code_usage=metrics.code_usage(counts), perplexity=metrics.perplexity(counts),
-                codes_used=int(np.sum(np.asarray(counts) > 0)), n_codes=int(mc.num_codes),
-                num_images=int(count), size=int(args.size))
-  if real is not None:
-    result["rfid"] = fid.scores(real, fake)["fid"]
+  result = totals.means()
+  result.update(codes_used=int(np.sum(np.asarray(totals.code_counts) > 0)),
+                n_codes=int(mc.num_codes), num_images=int(result["num_images"]),
+                size=int(args.size))
+  if totals.real is not None:
+    result["rfid"] = fid.scores(totals.real, totals.fake)["fid"]
   return result
 
 

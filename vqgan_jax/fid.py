@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vqgan_jax import metrics
-from vqgan_jax.nn.inception import FEATURE_DIM, FIDInception
+from vqgan_jax.nn.inception import FEATURE_DIM, NUM_CLASSES, FIDInception
 from vqgan_jax.training import sharding as sharding_lib
 
 METRICS = ("fid", "kid", "is")
@@ -139,7 +139,7 @@ class FeatureSet:
   def logits(self) -> np.ndarray:
     if self._logits is None:
       raise ValueError("FeatureSet: created without keep_logits=True")
-    return np.concatenate(self._logits) if self._logits else np.zeros((0, 1008))
+    return np.concatenate(self._logits) if self._logits else np.zeros((0, NUM_CLASSES))
 
 
 Stats = Union[FeatureSet, Tuple[np.ndarray, np.ndarray]]
@@ -149,15 +149,20 @@ def _mu_sigma(s: Stats) -> Tuple[np.ndarray, np.ndarray]:
   return s.mu_sigma() if isinstance(s, FeatureSet) else s
 
 
+def check_metrics(which: Sequence[str]) -> None:
+  """Raises ValueError naming any of `which` that is not in METRICS."""
+  unknown = sorted(set(which) - set(METRICS))
+  if unknown:
+    raise ValueError(f"unknown {unknown}; expected some of {list(METRICS)}")
+
+
 def scores(real: Optional[Stats], fake: Optional[Stats], which: Sequence[str] = ("fid",),
            kid_subsets: int = metrics.KID_SUBSETS,
            kid_subset_size: int = metrics.KID_SUBSET_SIZE,
            is_splits: int = metrics.IS_SPLITS) -> Dict[str, float]:
   """The requested metrics: 'fid' (real: a FeatureSet or (mu, sigma)), 'kid' (both
   FeatureSets with keep_features), 'is' (of `fake`, with keep_logits)."""
-  unknown = sorted(set(which) - set(METRICS))
-  if unknown:
-    raise ValueError(f"unknown metrics {unknown}; expected some of {list(METRICS)}")
+  check_metrics(which)
   out = {}
   if "fid" in which:
     rows = [s.stats.rows if isinstance(s, FeatureSet) else None for s in (real, fake)]

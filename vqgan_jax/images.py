@@ -125,8 +125,9 @@ def to_rgb_uint8(img) -> np.ndarray:
   return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def read_image(path: str) -> np.ndarray:
-  """Reads an image file as uint8[H, W, 3] (modes converted by `to_rgb_uint8`).
+def read_image(path) -> np.ndarray:
+  """Reads an image file (a path, or a binary file object such as io.BytesIO of encoded
+  bytes) as uint8[H, W, 3] (modes converted by `to_rgb_uint8`).
 
   Raises:
     OSError: the file is missing, truncated or not an image PIL can read

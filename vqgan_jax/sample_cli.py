@@ -609,8 +609,8 @@ def _score(args, reference, pngs: List[str], run_dir: str) -> None:
   from vqgan_jax import evaluate, fid
   from vqgan_jax.nn.inception import load_inception
   net = fid.InceptionFeatures(load_inception(args.inception))
-  source = evaluate.FolderSource.from_paths(pngs, f"samples in {run_dir}")
-  batch = evaluate._global_batch(args.batch_size, net.mesh.devices.size)  # noqa: SLF001
+  source = evaluate.FolderSource(pngs, f"samples in {run_dir}")
+  batch = evaluate.round_to_devices(args.batch_size, net.mesh.devices.size)
   fake = evaluate.feature_set(net, source, batch, "scoring", keep_features=False,
                               keep_logits=args.inception_score, workers=os.cpu_count() or 1)
   which = (("fid",) if args.fid_stats else ()) + (("is",) if args.inception_score else ())

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Optional
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from vqgan_jax import losses
@@ -265,10 +266,39 @@ def eval_step(setup: VQGANTrainSetup, state: VQGANTrainState, lpips_params, batc
                                 setup.n_codes, setup.lpips, lpips_params, inception_variables)
 
 
-def split_features(out: Dict[str, Any]):
-  """(sums, features): an eval output without / with its per-row Inception entries."""
-  rows = {k: out.pop(k) for k in ("pool3_real", "pool3_fake", "mask") if k in out}
-  return out, rows
+class ReconstructionTotals:
+  """`reconstruction_metrics` outputs summed over batches (host side).
+
+  `add(out)` takes one batch's fetched output; with Inception rows in it, their pool3
+  features go to `fake` (reconstructions) and, unless `real` is None (its statistics
+  already known), to `real` (inputs). `means()` gives {metric: mean over the images,
+  code_usage, perplexity, num_images}; `code_counts` the summed code histogram.
+  """
+
+  def __init__(self, real=None, fake=None):
+    self.real, self.fake = real, fake
+    self.sums = None
+
+  def add(self, out: Dict[str, Any]) -> "ReconstructionTotals":
+    out = dict(out)
+    rows = {k: out.pop(k) for k in ("pool3_real", "pool3_fake", "mask") if k in out}
+    if rows:
+      self.fake.update({"pool3": rows["pool3_fake"]}, rows["mask"])
+      if self.real is not None:
+        self.real.update({"pool3": rows["pool3_real"]}, rows["mask"])
+    self.sums = out if self.sums is None else jax.tree_util.tree_map(np.add, self.sums, out)
+    return self
+
+  @property
+  def code_counts(self):
+    return self.sums["code_counts"]
+
+  def means(self) -> Dict[str, float]:
+    n = float(self.sums["count"])
+    out = {k: float(v) / n for k, v in self.sums.items() if k not in ("count", "code_counts")}
+    out.update(code_usage=metrics_lib.code_usage(self.code_counts),
+               perplexity=metrics_lib.perplexity(self.code_counts), num_images=n)
+    return out
 
 
 def reconstruct(setup: VQGANTrainSetup, state: VQGANTrainState, images):

@@ -13,7 +13,6 @@ import jax
 import numpy as np
 from absl import logging
 
-from vqgan_jax import metrics as metrics_lib
 from vqgan_jax.nn.lpips import load_pretrained_lpips
 from vqgan_jax.training import config_lib, loop, sharding, steps as steps_lib
 from vqgan_jax.training import vqgan_config, vqgan_lib
@@ -108,9 +107,9 @@ class VQGANTask(loop.TrainTask):
     from vqgan_jax.data import pipeline
     if not self.num_eval:
       return None
-    totals = None
     real = fid.FeatureSet() if self.inception is not None and self._real_fid is None else None
-    fake = fid.FeatureSet() if self.inception is not None else None
+    totals = vqgan_lib.ReconstructionTotals(
+        real, fid.FeatureSet() if self.inception is not None else None)
     for batch in pipeline.create_eval_iterator(
         self.config.data, global_batch_size=int(self.config.batch_size), **self._batch_kwargs()):
       batch = sharding.global_batch(batch, self.mesh)
@@ -118,21 +117,12 @@ class VQGANTask(loop.TrainTask):
         out = self.steps.eval(state, self.lpips, batch)
       else:
         out = self.steps.eval_with_inception(state, self.lpips, batch, self.inception)
-      out, rows = vqgan_lib.split_features(jax.device_get(out))
-      if rows:
-        fake.update({"pool3": rows["pool3_fake"]}, rows["mask"])
-        if real is not None:
-          real.update({"pool3": rows["pool3_real"]}, rows["mask"])
-      totals = out if totals is None else jax.tree_util.tree_map(np.add, totals, out)
-    n = float(totals["count"])
-    counts = totals.pop("code_counts")
-    result = {f"val/{k}": float(v) / n for k, v in totals.items() if k != "count"}
-    result.update({"val/code_usage": metrics_lib.code_usage(counts),
-                   "val/perplexity": metrics_lib.perplexity(counts), "val/num_images": n})
-    if fake is not None:
+      totals.add(jax.device_get(out))
+    result = {f"val/{k}": v for k, v in totals.means().items()}
+    if totals.fake is not None:
       if real is not None:  # the validation images do not change: their statistics are kept
         self._real_fid = real.mu_sigma()
-      result["val/rfid"] = fid.scores(self._real_fid, fake)["fid"]
+      result["val/rfid"] = fid.scores(self._real_fid, totals.fake)["fid"]
     return result
 
   def _grid_inputs(self):
